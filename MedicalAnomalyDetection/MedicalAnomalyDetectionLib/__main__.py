@@ -1,0 +1,7 @@
+"""``python -m MedicalAnomalyDetectionLib`` is ``mad-detect``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""Model bundles: a folder with ``card.json`` (the model card) and, for learned methods, ``weights.pt``.
+
+Weights are a plain ``state_dict`` saved with :func:`torch.save` and read back with ``weights_only=True``, so loading
+a bundle never unpickles arbitrary objects; the card's sha256 must match the weights file byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .card import ModelCard
+from .errors import InputError
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def bundled_models_dir() -> Path:
+    """Where the bundled models live: ``$MAD_MODELS_DIR`` or ``Resources/Models`` of this source tree."""
+    return Path(os.environ.get("MAD_MODELS_DIR", Path(__file__).resolve().parents[2] / "Resources" / "Models"))
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its card, its weights (None for weight-free methods) and where it came from."""
+
+    card: ModelCard
+    state_dict: dict[str, torch.Tensor] | None
+    path: Path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_bundle_path(name_or_path: str | Path) -> Path:
+    """A bundle folder from a bundled model's name, a folder path, or a path to its ``card.json``."""
+    candidate = Path(name_or_path)
+    if candidate.name == CARD_FILE:
+        candidate = candidate.parent
+    if candidate.is_dir():
+        return candidate
+    bundled = bundled_models_dir() / str(name_or_path)
+    if bundled.is_dir():
+        return bundled
+    available = sorted(p.name for p in bundled_models_dir().glob("*") if (p / CARD_FILE).exists())
+    raise InputError(f"model bundle not found: {name_or_path} (bundled models: {', '.join(available) or 'none'})")
+
+
+def save_bundle(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tensor] | None) -> Path:
+    """Write ``card`` (and ``state_dict`` as weights.pt, whose sha256 goes into the card) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if state_dict is not None:
+        weights = folder / WEIGHTS_FILE
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, weights)
+        card.sha256 = sha256_of(weights)
+    write_card(folder, card)
+    return folder
+
+
+def write_card(folder: Path, card: ModelCard) -> None:
+    (Path(folder) / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+
+
+def read_card(folder: Path) -> ModelCard:
+    card_path = Path(folder) / CARD_FILE
+    if not card_path.exists():
+        raise InputError(f"model bundle has no {CARD_FILE}: {folder}")
+    try:
+        data = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"model card is not valid JSON ({card_path}): {error}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"model card is not a JSON object: {card_path}")
+    return ModelCard.from_dict(data)
+
+
+def load_bundle(name_or_path: str | Path) -> Bundle:
+    """Load and verify a bundle: card parsed, checksum matched, weights read without unpickling objects."""
+    folder = resolve_bundle_path(name_or_path)
+    card = read_card(folder)
+    if card.sha256 is None:
+        return Bundle(card=card, state_dict=None, path=folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise InputError(f"model bundle {card.name} has no {WEIGHTS_FILE} in {folder}")
+    if sha256_of(weights) != card.sha256:
+        raise InputError(f"checksum of {weights} does not match its model card; the file is corrupt or replaced")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(f"refusing to load {weights}: it needs unpickling arbitrary objects "
+                         f"({str(error).splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise InputError(f"weights file {weights} is corrupt: {str(error).splitlines()[0][:160]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"weights file {weights} is not a plain state_dict of tensors")
+    return Bundle(card=card, state_dict=state, path=folder)
+
+
+def list_bundled_models() -> list[ModelCard]:
+    """The cards of every bundle in :func:`bundled_models_dir`, sorted by name."""
+    cards = []
+    for folder in sorted(bundled_models_dir().glob("*")):
+        if (folder / CARD_FILE).exists():
+            cards.append(read_card(folder))
+    return cards

@@ -1,0 +1,72 @@
+"""The model card: what a bundle's model is, expects and was measured to do (pure data, JSON round trip)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import InputError
+
+CARD_FORMAT = 1
+
+# Orientation codes (SimpleITK/DICOM convention: the direction each index axis increases toward) whose third axis
+# steps through the slices of the plane and whose first two give rows/columns in the usual radiological display.
+PLANE_ORIENTATION = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its input; read from and written to the model card."""
+
+    plane: str = "axial"
+    size: tuple[int, int] = (128, 128)  # rows (H), columns (W)
+    spacing_mm: float = 1.875
+    normalisation: str = "percentile"  # "percentile": p1 -> 0, brain median -> 0.5; "zscore": robust z-score
+    clip: tuple[float, float] = (-1.0, 3.0)
+
+    def __post_init__(self) -> None:
+        if self.plane not in PLANE_ORIENTATION:
+            raise InputError(f"unknown plane {self.plane!r}; one of {sorted(PLANE_ORIENTATION)}")
+        if self.normalisation not in ("percentile", "zscore"):
+            raise InputError(f"unknown normalisation {self.normalisation!r}")
+
+    def to_dict(self) -> dict:
+        return {"plane": self.plane, "size": list(self.size), "spacing_mm": self.spacing_mm,
+                "normalisation": self.normalisation, "clip": list(self.clip)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(plane=data["plane"], size=tuple(data["size"]), spacing_mm=float(data["spacing_mm"]),
+                   normalisation=data["normalisation"], clip=tuple(data["clip"]))
+
+
+@dataclass
+class ModelCard:
+    """Everything a user and the code need to know about a bundle; see README "Model bundles"."""
+
+    name: str
+    method: str
+    version: str
+    modality: str
+    preprocessing: Preprocessing
+    hyperparameters: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)  # {"pixel": .., "slice": .., how they were calibrated}
+    training: dict = field(default_factory=dict)  # data, command, epochs, seed, seconds, device
+    licence: dict = field(default_factory=dict)  # {"weights": .., "training_data": .., "non_commercial": bool}
+    metrics: dict = field(default_factory=dict)  # written by `python -m training evaluate`
+    benchmark: dict = field(default_factory=dict)  # written by `python -m training bench`
+    sha256: str | None = None  # of weights.pt; None for methods without weights
+    card_format: int = CARD_FORMAT
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelCard":
+        try:
+            fields = dict(data)
+            fields["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"model card is malformed: {error}") from None

@@ -1,0 +1,24 @@
+"""Method plug-ins, looked up by the ``method`` field of a model card."""
+
+from __future__ import annotations
+
+import torch
+
+from ..bundle import Bundle
+from ..errors import InputError
+from .base import AnomalyMethod, SliceResult
+from .intensity import IntensityBaseline
+from .patchgan import PatchGAN
+
+METHODS: dict[str, type] = {cls.name: cls for cls in (PatchGAN, IntensityBaseline)}
+
+__all__ = ["METHODS", "AnomalyMethod", "SliceResult", "build_method"]
+
+
+def build_method(bundle: Bundle, device: torch.device) -> AnomalyMethod:
+    """Instantiate the plug-in named by the bundle's card."""
+    method = METHODS.get(bundle.card.method)
+    if method is None:
+        raise InputError(f"model {bundle.card.name} uses unknown method {bundle.card.method!r} "
+                         f"(known: {', '.join(sorted(METHODS))})")
+    return method.from_bundle(bundle, device)

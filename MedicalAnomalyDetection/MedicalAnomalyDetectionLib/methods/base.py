@@ -1,0 +1,33 @@
+"""The method plug-in interface: build from a bundle, score a batch of slices into maps and slice scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+
+from ..bundle import Bundle
+
+
+@dataclass
+class SliceResult:
+    """Per-pixel anomaly maps (B, H, W) and per-slice scores (B,), both float32 on the CPU."""
+
+    maps: torch.Tensor
+    scores: torch.Tensor
+
+
+class AnomalyMethod(Protocol):
+    """What every method (Patch-GAN, baselines, ...) provides to the inference path."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "AnomalyMethod":
+        """Build the method from a verified bundle, ready to score on ``device``."""
+        ...
+
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        """Score (B, H, W) normalised slices; ``mask`` (B, H, W, bool) is where the brain is."""
+        ...

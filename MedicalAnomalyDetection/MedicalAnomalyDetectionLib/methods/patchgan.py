@@ -1,0 +1,192 @@
+"""Patch-GAN with targeted patch ranking (Chen et al., AAAI 2025; ../shared/papers/patchgan-targeted-patch-ranking.txt).
+
+What the paper fixes, and what we chose where it is silent (the model card repeats the chosen values):
+
+* **Masked-image reconstructor R** (Eq. 1): a small U-Net-style encoder-decoder. Its input is the slice with square
+  holes zeroed plus the hole indicator (2 channels); it outputs the whole slice. Holes are a checkerboard of
+  ``hole`` x ``hole`` blocks (32 px at 128^2, larger than most lesions so a lesion cannot be in-painted from itself)
+  with a random phase and a random shift in training.
+* **Inference sees every pixel reconstructed from context**: the hole family is evaluated for both checkerboard
+  phases and for each shift in ``inference_shifts``; every pixel is a hole in exactly ``len(inference_shifts)`` of
+  those passes and its reconstruction is the mean of R's output over them. The residual is x - x_hat; the map keeps
+  the modality's sign (FLAIR lesions are bright: positive part) and is box-smoothed by ``map_smoothing`` px.
+* **PatchGAN discriminator D** (Eq. 2-3): four convolutions whose receptive field is ~38 px, i.e. one logit per
+  ~32 x 32 patch; it sees an image and the hole indicator and tells real patches from in-painted ones (the fake is
+  x outside the holes, R(z) inside, so only in-painted content can give it away). Trained with the standard GAN loss
+  (Eq. 3, non-saturating form for R).
+* **Total loss for R** (Eq. 4): lambda * L_R + L_D with lambda = 0.2, where L_R is the mean squared error over the
+  whole slice (Eq. 1) and L_D the patch-wise squared discrepancy (Eq. 2) taken over the holes, plus
+  ``adv_weight`` times R's adversarial term (the paper gives no weight for it; 0.05 keeps training stable).
+* **Score** (Eq. 5): see :class:`..scoring.PatchRanking` (32 x 32 patches, stride 16, weights 1.1, 1.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bundle import Bundle
+from ..errors import InputError
+from ..scoring import PatchRanking, slice_scores
+from .base import SliceResult
+from .intensity import signed_residual
+from .runtime import autocast_for
+
+
+@dataclass(frozen=True)
+class PatchGANConfig:
+    """Hyper-parameters of the networks and of inference; stored in the model card."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    disc_widths: tuple[int, ...] = (32, 64, 128)
+    hole: int = 32
+    inference_shifts: tuple[int, ...] = (0, 16)
+    sign: str = "positive"
+    map_smoothing: int = 7
+    ranking: PatchRanking = PatchRanking()
+
+    def to_dict(self) -> dict:
+        return {"widths": list(self.widths), "disc_widths": list(self.disc_widths), "hole": self.hole,
+                "inference_shifts": list(self.inference_shifts), "sign": self.sign,
+                "map_smoothing": self.map_smoothing, "ranking": self.ranking.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchGANConfig":
+        return cls(widths=tuple(data["widths"]), disc_widths=tuple(data["disc_widths"]), hole=int(data["hole"]),
+                   inference_shifts=tuple(data["inference_shifts"]), sign=data["sign"],
+                   map_smoothing=int(data["map_smoothing"]), ranking=PatchRanking.from_dict(data["ranking"]))
+
+
+def _conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                         nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+
+
+class Reconstructor(nn.Module):
+    """Encoder-decoder with skip connections: (masked slice, hole indicator) -> reconstructed slice."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = _conv_block(2, widths[0])
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True), _conv_block(b, b))
+            for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.merge = nn.ModuleList(_conv_block(2 * a, a) for a in widths[:-1])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, masked: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        x = self.stem(torch.cat([masked, holes], dim=1))
+        skips = []
+        for down in self.down:
+            skips.append(x)
+            x = down(x)
+        for up, merge in zip(reversed(self.up), reversed(self.merge)):
+            skip = skips.pop()
+            x = F.leaky_relu(up(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)), 0.2)
+            x = merge(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: (image, hole indicator) -> one real/fake logit per ~32 x 32 patch."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 2
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            channels = width
+        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, holes], dim=1))
+
+
+def checkerboard_holes(height: int, width: int, hole: int, phase: torch.Tensor, shift_y: torch.Tensor,
+                       shift_x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) float hole indicators: blocks of ``hole`` px in a checkerboard, per-sample phase and shift."""
+    device = phase.device
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    block_y = torch.div(rows + shift_y.view(-1, 1, 1), hole, rounding_mode="floor")
+    block_x = torch.div(cols + shift_x.view(-1, 1, 1), hole, rounding_mode="floor")
+    return ((block_y + block_x + phase.view(-1, 1, 1)) % 2).unsqueeze(1).float()
+
+
+def inference_holes(height: int, width: int, config: PatchGANConfig, device: torch.device) -> torch.Tensor:
+    """The (M, 1, H, W) hole set used at inference: both phases for each shift; every pixel is a hole len(shifts)x."""
+    phases, shifts = [], []
+    for shift in config.inference_shifts:
+        for phase in (0, 1):
+            phases.append(phase)
+            shifts.append(shift)
+    phase_t = torch.tensor(phases, device=device)
+    shift_t = torch.tensor(shifts, device=device)
+    return checkerboard_holes(height, width, config.hole, phase_t, shift_t, shift_t)
+
+
+class PatchGAN:
+    """The flagship method: masked reconstruction residuals scored with targeted patch ranking."""
+
+    name: ClassVar[str] = "patchgan"
+
+    def __init__(self, config: PatchGANConfig, reconstructor: Reconstructor, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.reconstructor = reconstructor.to(device).eval()
+        if device.type == "cpu":
+            self.reconstructor = self.reconstructor.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PatchGAN":
+        config = PatchGANConfig.from_dict(bundle.card.hyperparameters)
+        reconstructor = Reconstructor(config.widths)
+        state = {k.removeprefix("reconstructor."): v for k, v in (bundle.state_dict or {}).items()
+                 if k.startswith("reconstructor.")}
+        try:
+            reconstructor.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise InputError(f"weights of {bundle.card.name} do not match its model card's network: "
+                             f"{str(error).splitlines()[0][:200]}") from None
+        return cls(config, reconstructor, device)
+
+    @torch.no_grad()
+    def reconstruct(self, slices: torch.Tensor) -> torch.Tensor:
+        """In-paint every pixel of (B, H, W) slices from context; returns (B, H, W) float32 reconstructions."""
+        batch, height, width = slices.shape
+        holes = inference_holes(height, width, self.config, self.device)  # (M, 1, H, W)
+        count = holes.shape[0]
+        x = slices.to(self.device, torch.float32).unsqueeze(1)
+        x_rep = x.repeat_interleave(count, dim=0)
+        holes_rep = holes.repeat(batch, 1, 1, 1)
+        masked, holes_in = x_rep * (1 - holes_rep), holes_rep
+        if self.device.type == "cpu":
+            masked = masked.contiguous(memory_format=torch.channels_last)
+            holes_in = holes_in.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device):
+            out = self.reconstructor(masked, holes_in)
+        out = out.float().view(batch, count, height, width)
+        weights = holes.view(1, count, height, width)
+        return (out * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+
+    def anomaly_map(self, slices: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Signed, smoothed residual inside the mask."""
+        residual = signed_residual(slices - reconstruction, self.config.sign) * mask
+        k = self.config.map_smoothing
+        if k > 1:
+            residual = F.avg_pool2d(residual.unsqueeze(1), k, stride=1, padding=k // 2,
+                                    count_include_pad=False).squeeze(1) * mask
+        return residual
+
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        slices = slices.to(self.device, torch.float32)
+        mask = mask.to(self.device, torch.float32)
+        maps = self.anomaly_map(slices, self.reconstruct(slices), mask)
+        return SliceResult(maps=maps.cpu(), scores=slice_scores(maps, mask, self.config.ranking).cpu())

@@ -1,0 +1,41 @@
+"""Device choice and mixed precision: CUDA when present (bf16/fp16 autocast), else CPU with bf16 autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when usable, else the CPU (and says so); ``cuda`` without a GPU is an error."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device must be auto, cpu or cuda, not {requested!r}")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise InputError("device cuda was asked for but no usable CUDA GPU is present")
+    log.info("no usable GPU; running on the CPU")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast pays off only with native bf16/AVX-512 support; elsewhere it is slower than fp32."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context used for network forward passes on ``device``."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if cpu_supports_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,74 @@
+"""Slice and volume scores from anomaly maps: the patch-ranking score of the Patch-GAN paper (Eq. 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PatchRanking:
+    """How a slice's error map becomes one score.
+
+    Patches of ``patch`` x ``patch`` pixels (stride ``stride``) that are at least ``min_coverage`` brain get a loss
+    L_i = mean squared error over their brain pixels. With ranking on, patches are sorted by L_i and the score is
+    sum_i lambda_i L_i with lambda = ``weights`` (1.1 for the most anomalous, 1.0 for the next, as in the paper; ranks
+    beyond the list weigh 0). With ranking off (the Table 2 ablation) every patch weighs 1/N, i.e. the mean.
+    ``diffuse_normalisation`` divides by the slice's median patch loss plus ``floor`` (the diffuse error), which
+    removes the slice-position confound of reconstruction error (see ../shared/data/README.md).
+    """
+
+    patch: int = 32
+    stride: int = 16
+    weights: tuple[float, ...] = (1.1, 1.0)
+    ranking: bool = True
+    min_coverage: float = 0.5
+    diffuse_normalisation: bool = False
+    floor: float = 1e-3
+
+    def to_dict(self) -> dict:
+        return {"patch": self.patch, "stride": self.stride, "weights": list(self.weights), "ranking": self.ranking,
+                "min_coverage": self.min_coverage, "diffuse_normalisation": self.diffuse_normalisation,
+                "floor": self.floor}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchRanking":
+        data = dict(data)
+        data["weights"] = tuple(data.get("weights", (1.1, 1.0)))
+        return cls(**data)
+
+
+def patch_losses(error: torch.Tensor, mask: torch.Tensor, patch: int, stride: int,
+                 min_coverage: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean squared error over brain pixels, (B, P), and which patches are covered enough, (B, P)."""
+    squared = (error.float() ** 2 * mask).unsqueeze(1)
+    coverage = F.avg_pool2d(mask.float().unsqueeze(1), patch, stride).flatten(1)
+    summed = F.avg_pool2d(squared, patch, stride).flatten(1)
+    losses = summed / coverage.clamp_min(1e-6)
+    return losses, coverage >= min_coverage
+
+
+def slice_scores(error: torch.Tensor, mask: torch.Tensor, ranking: PatchRanking) -> torch.Tensor:
+    """Score each slice of a (B, H, W) error map inside its (B, H, W) mask; slices without a valid patch score 0."""
+    losses, valid = patch_losses(error, mask, ranking.patch, ranking.stride, ranking.min_coverage)
+    losses = torch.where(valid, losses, torch.zeros_like(losses))
+    count = valid.sum(dim=1)
+    if ranking.ranking:
+        k = min(len(ranking.weights), losses.shape[1])
+        top = torch.topk(losses, k, dim=1).values
+        weights = torch.tensor(ranking.weights[:k], dtype=top.dtype, device=top.device)
+        score = (top * weights).sum(dim=1)
+    else:
+        score = losses.sum(dim=1) / count.clamp_min(1)
+    if ranking.diffuse_normalisation:
+        masked = torch.where(valid, losses, torch.full_like(losses, float("nan")))
+        diffuse = torch.nanmedian(masked, dim=1).values.nan_to_num(0.0)
+        score = score / (diffuse + ranking.floor)
+    return torch.where(count > 0, score, torch.zeros_like(score))
+
+
+def volume_score(scores: torch.Tensor) -> float:
+    """A volume's score: its most anomalous slice's score."""
+    return float(scores.max()) if scores.numel() else 0.0

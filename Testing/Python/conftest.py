@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny synthetic volumes and tiny model bundles (no real data, no real training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MedicalAnomalyDetectionLib.bundle import load_bundle, save_bundle
+from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
+from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig, Reconstructor
+from MedicalAnomalyDetectionLib.scoring import PatchRanking
+
+TINY_PRE = Preprocessing(plane="axial", size=(32, 32), spacing_mm=4.0, normalisation="percentile")
+TINY_CONFIG = PatchGANConfig(widths=(4, 8), disc_widths=(8, 16), hole=8, inference_shifts=(0, 4), map_smoothing=3,
+                             ranking=PatchRanking(patch=8, stride=4))
+
+
+def head_array(shape_zyx: tuple[int, int, int] = (24, 40, 40), blob: tuple[int, int, int] | None = (12, 20, 26),
+               seed: int = 0) -> np.ndarray:
+    """An ellipsoid of textured 'tissue' on a zero background, with an optional bright cube ('lesion')."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape_zyx), indexing="ij")
+    inside = (x / 0.8) ** 2 + (y / 0.8) ** 2 + (z / 0.9) ** 2 < 1
+    volume = (100.0 + 10.0 * rng.standard_normal(shape_zyx)) * inside
+    if blob is not None:
+        bz, by, bx = blob
+        volume[bz - 2:bz + 3, by - 3:by + 4, bx - 3:bx + 4] = 250.0
+    return volume.astype(np.float32)
+
+
+def make_image(array: np.ndarray, spacing=(3.0, 3.0, 3.0), origin=(0.0, 0.0, 0.0),
+               direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+@pytest.fixture
+def head_image() -> sitk.Image:
+    return make_image(head_array())
+
+
+def tiny_card(name: str = "tiny", method: str = "patchgan") -> ModelCard:
+    return ModelCard(name=name, method=method, version="test", modality="flair", preprocessing=TINY_PRE,
+                     hyperparameters=TINY_CONFIG.to_dict() if method == "patchgan"
+                     else {"sign": "positive", "ranking": PatchRanking(patch=8, stride=4).to_dict()},
+                     thresholds={"pixel": 0.2, "slice": 0.01},
+                     licence={"weights": "test", "non_commercial": False})
+
+
+@pytest.fixture
+def tiny_bundle_dir(tmp_path):
+    """A bundle with a randomly initialised tiny reconstructor."""
+    torch.manual_seed(0)
+    state = {f"reconstructor.{k}": v for k, v in Reconstructor(TINY_CONFIG.widths).state_dict().items()}
+    return save_bundle(tmp_path / "tiny", tiny_card(), state)
+
+
+@pytest.fixture
+def tiny_bundle(tiny_bundle_dir):
+    return load_bundle(tiny_bundle_dir)
+
+
+@pytest.fixture
+def intensity_bundle(tmp_path):
+    card = tiny_card("intensity-tiny", "intensity")
+    card.preprocessing = Preprocessing(plane="axial", size=(32, 32), spacing_mm=4.0, normalisation="zscore")
+    card.thresholds = {"pixel": 3.0}
+    return load_bundle(save_bundle(tmp_path / "intensity", card, None))

@@ -1,0 +1,78 @@
+"""detect(): outputs on the input grid, input untouched, labels from the threshold, progress and cancel."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.inference import Cancelled, detect, label_from_map
+
+from conftest import head_array, make_image
+
+
+def _oblique_head() -> sitk.Image:
+    c, s = np.cos(0.2), np.sin(0.2)
+    return make_image(head_array(), spacing=(3.0, 2.5, 4.0), origin=(10.0, -20.0, 5.0),
+                      direction=(c, -s, 0, s, c, 0, 0, 0, 1))
+
+
+def test_outputs_share_the_input_grid_and_input_is_untouched(tiny_bundle):
+    image = _oblique_head()
+    before = sitk.GetArrayFromImage(image).copy()
+    result = detect(image, tiny_bundle, device="cpu")
+    for output in (result.anomaly_map, result.label_map):
+        assert output.GetSize() == image.GetSize()
+        np.testing.assert_allclose(output.GetSpacing(), image.GetSpacing())
+        np.testing.assert_allclose(output.GetOrigin(), image.GetOrigin())
+        np.testing.assert_allclose(output.GetDirection(), image.GetDirection())
+    assert result.anomaly_map.GetPixelID() == sitk.sitkFloat32
+    assert result.label_map.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)
+    anomaly = sitk.GetArrayFromImage(result.anomaly_map)
+    label = sitk.GetArrayFromImage(result.label_map)
+    np.testing.assert_array_equal(label, (anomaly >= result.threshold).astype(np.uint8))
+    assert result.volume_score == pytest.approx(result.slice_scores.max())
+    assert result.threshold == tiny_bundle.card.thresholds["pixel"]
+
+
+def test_intensity_baseline_outlines_the_bright_blob(intensity_bundle):
+    array = head_array(blob=(12, 20, 26))
+    result = detect(make_image(array), intensity_bundle, device="cpu")
+    label = sitk.GetArrayFromImage(result.label_map).astype(bool)
+    truth = array == 250.0
+    dice = 2 * (label & truth).sum() / (label.sum() + truth.sum())
+    assert dice > 0.5
+    assert result.slice_index[result.slice_scores.argmax()] in range(10, 15)
+
+
+def test_brain_mask_restricts_the_map(intensity_bundle):
+    image = make_image(head_array())
+    mask_array = (head_array() > 0).astype(np.uint8)
+    mask_array[:, :, 20:] = 0  # the blob (x = 23..29) lies outside
+    mask = make_image(mask_array)
+    anomaly = sitk.GetArrayFromImage(detect(image, intensity_bundle, brain_mask=mask).anomaly_map)
+    assert anomaly[:, :, 24:].max() == 0.0
+    assert anomaly[:, :, :18].max() > 0.0
+
+
+def test_progress_reaches_the_end_and_cancel_stops(tiny_bundle):
+    seen = []
+    detect(make_image(head_array()), tiny_bundle, progress=lambda f, stage: seen.append(f), batch_size=4)
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    with pytest.raises(Cancelled):
+        detect(make_image(head_array()), tiny_bundle, cancel=lambda: True)
+
+
+def test_threshold_override_and_bad_threshold(tiny_bundle):
+    image = make_image(head_array())
+    result = detect(image, tiny_bundle, threshold=1e-6)
+    assert sitk.GetArrayFromImage(result.label_map).sum() > 0
+    with pytest.raises(InputError, match="threshold"):
+        label_from_map(result.anomaly_map, -1.0)
+
+
+def test_cuda_without_gpu_is_a_clear_error(tiny_bundle, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no usable CUDA"):
+        detect(make_image(head_array()), tiny_bundle, device="cuda")

@@ -1,0 +1,56 @@
+"""The Patch-GAN's hole masks, networks and scoring on tiny inputs."""
+
+import pytest
+import torch
+
+from MedicalAnomalyDetectionLib.methods.patchgan import (PatchDiscriminator, PatchGAN, Reconstructor,
+                                                         checkerboard_holes, inference_holes)
+
+from conftest import TINY_CONFIG
+
+
+def test_inference_holes_cover_every_pixel_once_per_shift():
+    holes = inference_holes(32, 32, TINY_CONFIG, torch.device("cpu"))
+    assert holes.shape == (2 * len(TINY_CONFIG.inference_shifts), 1, 32, 32)
+    assert torch.all(holes.sum(dim=0) == len(TINY_CONFIG.inference_shifts))
+    assert holes[0].mean().item() == pytest.approx(0.5)
+
+
+def test_checkerboard_phase_and_shift():
+    zero = torch.zeros(1, dtype=torch.long)
+    base = checkerboard_holes(8, 8, 4, zero, zero, zero)[0, 0]
+    assert base[0, 0] == 0 and base[0, 4] == 1 and base[4, 4] == 0
+    shifted = checkerboard_holes(8, 8, 4, zero, zero + 2, zero + 2)[0, 0]
+    assert shifted[0, 1] == 0 and shifted[0, 2] == 1 and shifted[2, 2] == 0
+
+
+def test_discriminator_gives_a_grid_of_patch_logits():
+    logits = PatchDiscriminator((8, 16, 32))(torch.rand(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
+    assert logits.shape == (2, 1, 8, 8)
+
+
+def test_reconstruction_uses_only_context():
+    """Changing the pixels inside one hole cannot change the in-painting of that hole in that pass."""
+    torch.manual_seed(0)
+    reconstructor = Reconstructor((4, 8)).eval()
+    zero = torch.zeros(1, dtype=torch.long)
+    holes = checkerboard_holes(32, 32, 8, zero, zero, zero)
+    x = torch.rand(1, 1, 32, 32)
+    y = x.clone()
+    y[..., 8:16, 0:8] = 5.0  # a hole block of phase 0
+    assert holes[0, 0, 8, 0] == 1
+    with torch.no_grad():
+        a = reconstructor(x * (1 - holes), holes)
+        b = reconstructor(y * (1 - holes), holes)
+    assert torch.equal(a, b)
+
+
+def test_score_finds_a_bright_spot_on_a_flat_slice(tiny_bundle):
+    method = PatchGAN.from_bundle(tiny_bundle, torch.device("cpu"))
+    slices = torch.full((2, 32, 32), 0.5)
+    slices[1, 12:18, 12:18] = 2.0
+    mask = torch.ones(2, 32, 32, dtype=torch.bool)
+    result = method.score(slices, mask)
+    assert result.maps.shape == (2, 32, 32) and result.scores.shape == (2,)
+    assert result.scores[1] > result.scores[0]
+    assert result.maps[1, 12:18, 12:18].mean() > result.maps[1].mean()

@@ -1,0 +1,65 @@
+"""Bad input gets a one-line InputError naming the problem; good input passes unchanged."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.volume_io import read_volume, validate_mask, validate_volume
+
+from conftest import head_array, make_image
+
+
+def test_valid_volume_is_returned_as_float32_copy(head_image):
+    before = sitk.GetArrayFromImage(head_image).copy()
+    checked = validate_volume(head_image)
+    assert checked.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(head_image), before)
+
+
+def test_trailing_singleton_axis_is_squeezed():
+    image = sitk.JoinSeries(make_image(head_array()))
+    assert image.GetDimension() == 4
+    assert validate_volume(image).GetDimension() == 3
+
+
+@pytest.mark.parametrize("image, message", [
+    (sitk.Image(32, 32, sitk.sitkFloat32), "2D"),
+    (sitk.JoinSeries([make_image(head_array()), make_image(head_array())]), "4D"),
+    (sitk.Image([32, 32, 8], sitk.sitkVectorFloat32, 3), "components"),
+    (make_image(np.full((8, 32, 32), 7.0, np.float32)), "constant"),
+    (make_image(np.full((8, 32, 32), np.nan, np.float32)), "no finite"),
+    (make_image(head_array(), spacing=(0.0001, 1.0, 1.0)), "spacing"),
+    (make_image(head_array(), spacing=(1.0, 1.0, 500.0)), "spacing"),
+    (make_image(np.ones((8, 8, 4), np.float32)), "too small"),
+])
+def test_bad_volumes_are_refused(image, message):
+    with pytest.raises(InputError, match=message):
+        validate_volume(image)
+
+
+def test_some_nan_voxels_are_refused():
+    array = head_array()
+    array[3, 4, 5] = np.nan
+    with pytest.raises(InputError, match="1 NaN"):
+        validate_volume(make_image(array))
+
+
+def test_mask_on_another_grid_is_refused(head_image):
+    mask = make_image((head_array() > 0).astype(np.uint8), spacing=(2.0, 3.0, 3.0))
+    with pytest.raises(InputError, match="another grid"):
+        validate_mask(mask, head_image)
+
+
+def test_empty_mask_is_refused(head_image):
+    with pytest.raises(InputError, match="empty"):
+        validate_mask(make_image(np.zeros(head_array().shape, np.uint8)), head_image)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_volume(tmp_path / "nothing.nii.gz")
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="cannot read"):
+        read_volume(corrupt)

@@ -1,0 +1,240 @@
+"""``python -m training {prepare,fit,export,calibrate,evaluate,bench}``: from healthy data to a calibrated,
+evaluated model bundle. Each command prints what it wrote; the model card records the commands that made it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from MedicalAnomalyDetectionLib.errors import InputError
+
+def _command_line() -> str:
+    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.card import Preprocessing
+
+    from .datasets import dataset_info, load_cases
+    from .slices import gather_healthy
+
+    pre = Preprocessing(plane=args.plane, size=(args.size, args.size), spacing_mm=args.spacing,
+                        normalisation=args.normalisation)
+    info = dataset_info(args.dataset)
+    cases = load_cases(args.dataset, args.split, args.modality)
+    source = {"dataset": info["name"], "split": args.split, "modality": args.modality, "licence": info["licence"],
+              "cases": len(cases)}
+    data = gather_healthy(cases, pre, source, every=args.every)
+    data.save(args.out)
+    print(f"{args.out}: {len(data.slices)} healthy slices from {len(cases)} cases of {info['name']} {args.split}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig
+    from MedicalAnomalyDetectionLib.methods.runtime import choose_device
+    from MedicalAnomalyDetectionLib.scoring import PatchRanking
+
+    from .patchgan_fit import FitSettings, fit_patchgan
+    from .slice_set import SliceSet
+
+    if args.method != "patchgan":
+        raise InputError(f"fit supports the learned methods (patchgan), not {args.method!r}")
+    data = SliceSet.load(args.data)
+    config = PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
+                            ranking=PatchRanking(patch=args.hole, stride=args.hole // 2))
+    settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    record = fit_patchgan(data, config, settings, args.run_dir, choose_device(args.device), resume=args.resume,
+                          stop_after=args.stop_after)
+    record.update(source=data.source, command=_command_line())
+    (args.run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{args.run_dir}: {record['epochs_done']}/{settings.epochs} epochs on {record['slices']} slices, "
+          f"{record['seconds']} s")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from MedicalAnomalyDetectionLib import __version__
+    from MedicalAnomalyDetectionLib.bundle import save_bundle
+    from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
+    from MedicalAnomalyDetectionLib.scoring import PatchRanking
+
+    if args.method == "intensity":
+        pre = Preprocessing(plane=args.plane, size=(args.size, args.size), spacing_mm=args.spacing,
+                            normalisation="zscore")
+        card = ModelCard(name=args.name, method="intensity", version=__version__, modality=args.modality,
+                         preprocessing=pre,
+                         hyperparameters={"sign": args.sign, "ranking": PatchRanking().to_dict()},
+                         training={"data": "none (no training: robust z-score of the intensity)",
+                                   "command": _command_line()},
+                         licence={"weights": "none", "non_commercial": False})
+        save_bundle(args.out, card, None)
+    else:
+        run = json.loads((args.run / "run.json").read_text())
+        checkpoint = torch.load(args.run / "checkpoint.pt", map_location="cpu", weights_only=True)
+        state = {f"reconstructor.{k}": v for k, v in checkpoint["reconstructor"].items()}
+        source = run["source"]
+        non_commercial = "NC" in source["licence"]
+        card = ModelCard(
+            name=args.name, method="patchgan", version=__version__, modality=source["modality"],
+            preprocessing=Preprocessing.from_dict(source["preprocessing"]), hyperparameters=run["config"],
+            training={"data": f"{source['dataset']} {source['split']} ({source['cases']} cases, "
+                              f"{run['slices']} healthy slices)",
+                      "fit_command": run["command"], "export_command": _command_line(),
+                      "epochs": int(checkpoint["epoch"]), "seed": run["settings"]["seed"],
+                      "settings": run["settings"], "seconds": run["seconds"], "device": run["device_name"],
+                      "final_losses": run["history"][-1]},
+            licence={"weights": "CC BY-NC-SA 4.0 (derived from non-commercial training data)" if non_commercial
+                     else "derived from " + source["licence"], "training_data": source["licence"],
+                     "non_commercial": non_commercial})
+        save_bundle(args.out, card, state)
+    print(f"{args.out}: bundle {args.name} written")
+
+
+def _load_for_scoring(args: argparse.Namespace, ranking: str = "card"):
+    """The bundle as stored, and its method built on the chosen device (patch ranking forced on/off if asked)."""
+    import copy
+
+    from MedicalAnomalyDetectionLib.bundle import load_bundle
+    from MedicalAnomalyDetectionLib.methods import build_method
+    from MedicalAnomalyDetectionLib.methods.runtime import choose_device
+
+    bundle = load_bundle(args.model)
+    scored = copy.deepcopy(bundle)
+    if ranking != "card":
+        scored.card.hyperparameters.setdefault("ranking", {})["ranking"] = ranking == "on"
+    return bundle, build_method(scored, choose_device(args.device))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.bundle import write_card
+
+    from .datasets import load_cases
+    from .evaluation import calibrate, score_split
+
+    bundle, method = _load_for_scoring(args)
+    cases = load_cases(args.dataset, args.split, bundle.card.modality)
+    scores = score_split(method, bundle, cases, voxels=False)
+    thresholds = calibrate(scores, args.pixel_fpr, args.slice_fpr)
+    thresholds.update(calibrated_on=f"{cases[0].dataset} {args.split}", command=_command_line())
+    bundle.card.thresholds = thresholds
+    write_card(bundle.path, bundle.card)
+    print(json.dumps(thresholds, indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.bundle import write_card
+
+    from .datasets import load_cases
+    from .evaluation import score_split, summarise, write_report
+
+    bundle, method = _load_for_scoring(args, args.ranking)
+    cases = load_cases(args.dataset, args.split, bundle.card.modality)
+    scores = score_split(method, bundle, cases)
+    summary = summarise(scores, bundle.card.thresholds.get("pixel"))
+    dataset = cases[0].dataset
+    summary.update(dataset=dataset, split=args.split, modality=bundle.card.modality, command=_command_line())
+    write_report(scores, summary, f"{bundle.card.name} on {dataset} {args.split}", args.out)
+    if args.update_card:
+        key = f"{dataset}/{args.split}" + ("" if args.ranking == "card" else f" (ranking {args.ranking})")
+        bundle.card.metrics[key] = summary
+        write_card(bundle.path, bundle.card)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import run_benchmark
+
+    result = run_benchmark(args.model, args.device, args.repeats)
+    print(json.dumps(result, indent=2))
+    if args.update_card:
+        from MedicalAnomalyDetectionLib.bundle import load_bundle, write_card
+
+        bundle = load_bundle(args.model)
+        bundle.card.benchmark[result["device_name"]] = result
+        write_card(bundle.path, bundle.card)
+
+
+def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"))
+    parser.add_argument("--size", type=int, default=128, help="in-plane size in pixels (square)")
+    parser.add_argument("--spacing", type=float, default=1.875, help="in-plane spacing in mm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="cache a split's healthy slices (core preprocessing) as .npz")
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--modality", required=True)
+    p.add_argument("--normalisation", default="percentile", choices=("percentile", "zscore"))
+    p.add_argument("--every", type=int, default=1, help="keep every n-th healthy slice of each case")
+    p.add_argument("--out", type=Path, required=True)
+    _add_preprocessing(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("fit", help="train a method on a prepared slice cache")
+    p.add_argument("--method", default="patchgan")
+    p.add_argument("--data", type=Path, required=True, help=".npz written by `prepare`")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--hole", type=int, default=32, help="hole (and ranking patch) size in pixels")
+    p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("export", help="write a model bundle (weights + card) from a run, or a baseline's card")
+    p.add_argument("--method", default="patchgan", choices=("patchgan", "intensity"))
+    p.add_argument("--run", type=Path, help="run folder of `fit` (learned methods)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--modality", help="(intensity) modality the bundle is for")
+    p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
+    p.add_argument("--out", type=Path, required=True)
+    _add_preprocessing(p)
+    p.set_defaults(func=cmd_export)
+
+    for name, func, help_text in (("calibrate", cmd_calibrate, "choose thresholds on healthy validation data"),
+                                  ("evaluate", cmd_evaluate, "measure a bundle on a split; write metrics and plots")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", required=True, help="bundle name or folder")
+        p.add_argument("--dataset", type=Path, required=True)
+        p.add_argument("--split", default="val" if name == "calibrate" else "test")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        p.set_defaults(func=func)
+        if name == "calibrate":
+            p.add_argument("--pixel-fpr", type=float, default=0.001, help="share of healthy brain pixels flagged")
+            p.add_argument("--slice-fpr", type=float, default=0.05, help="share of healthy slices flagged")
+        else:
+            p.add_argument("--out", type=Path, required=True)
+            p.add_argument("--ranking", default="card", choices=("card", "on", "off"),
+                           help="override the card's patch ranking (Table 2 ablation)")
+            p.add_argument("--update-card", action="store_true", help="store the metrics in the model card")
+
+    p = sub.add_parser("bench", help="time a bundle on a 240x240x155 volume")
+    p.add_argument("--model", required=True)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--update-card", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as error:
+        print(f"training: error: {error}", file=sys.stderr)
+        return 1
+    return 0

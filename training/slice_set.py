@@ -1,0 +1,29 @@
+"""A set of preprocessed healthy slices, cached as .npz so training needs neither SimpleITK nor the raw data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class SliceSet:
+    """Healthy training slices gathered from many cases (float16 to keep caches small)."""
+
+    slices: np.ndarray  # (N, H, W) float16
+    masks: np.ndarray  # (N, H, W) bool
+    case_ids: list[str]  # one per slice
+    source: dict  # dataset, split, modality, preprocessing (the card's dict), licence
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, slices=self.slices, masks=self.masks, case_ids=np.array(self.case_ids),
+                            source=np.array(json.dumps(self.source)))
+
+    @classmethod
+    def load(cls, path: Path) -> "SliceSet":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(slices=data["slices"], masks=data["masks"], case_ids=[str(c) for c in data["case_ids"]],
+                       source=json.loads(str(data["source"])))

@@ -1,0 +1,60 @@
+"""Model-plane slices of a dataset split, through the core preprocessing, and which of them count as healthy."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+from MedicalAnomalyDetectionLib.card import Preprocessing
+from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
+
+from .datasets import Case
+from .slice_set import SliceSet
+
+# A slice takes part in training and slice-level metrics when its brain area is at least this share of the volume's
+# largest brain cross-section (the extreme ends of the brain, a few cm^2 of tissue, are left out).
+MIN_BRAIN_SHARE = 0.2
+# Training also takes the smaller brain cross-sections (down to this share), so that the model learns them as normal.
+TRAIN_MIN_BRAIN_SHARE = 0.05
+# A lesion-free slice closer than this many slices to a lesion slice is not used as healthy.
+HEALTHY_MARGIN = 1
+
+
+def prepare_case(case: Case, pre: Preprocessing) -> PreparedVolume:
+    """The core preprocessing of one case, with its lesion mask (if any) resampled alongside."""
+    image, brain, lesion = case.read()
+    return prepare_volume(image, pre, brain, labels=(lesion,) if lesion is not None else ())
+
+
+def eligible_slices(prepared: PreparedVolume, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
+    """Boolean (N,): slices whose brain area is at least ``min_share`` of the volume's largest cross-section."""
+    area = prepared.mask.sum(axis=(1, 2))
+    return area >= min_share * max(1, area.max())
+
+
+def lesion_slices(prepared: PreparedVolume) -> np.ndarray:
+    """Boolean (N,): slices with lesion inside the brain (all False without a lesion mask)."""
+    if not prepared.labels:
+        return np.zeros(prepared.slices.shape[0], dtype=bool)
+    return (prepared.labels[0] & prepared.mask).any(axis=(1, 2))
+
+
+def healthy_slices(prepared: PreparedVolume, margin: int = HEALTHY_MARGIN,
+                   min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
+    """Boolean (N,): eligible slices at least ``margin`` slices away from any lesion slice."""
+    near_lesion = binary_dilation(lesion_slices(prepared), iterations=margin) if margin else lesion_slices(prepared)
+    return eligible_slices(prepared, min_share) & ~near_lesion
+
+
+def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: int = 1) -> SliceSet:
+    """Healthy slices (every ``every``-th of them per case) of ``cases``, preprocessed as the model card says;
+    ``source`` (dataset, split, modality, licence) is kept with them."""
+    slices, masks, ids = [], [], []
+    for case in cases:
+        prepared = prepare_case(case, pre)
+        chosen = np.flatnonzero(healthy_slices(prepared, min_share=TRAIN_MIN_BRAIN_SHARE))[::every]
+        slices.append(prepared.slices[chosen].astype(np.float16))
+        masks.append(prepared.mask[chosen])
+        ids += [case.case_id] * len(chosen)
+    return SliceSet(slices=np.concatenate(slices), masks=np.concatenate(masks), case_ids=ids,
+                    source={**source, "preprocessing": pre.to_dict(), "every": every})
