@@ -1,4 +1,4 @@
-"""``python -m training {prepare,fit,export,calibrate,evaluate,bench}``: from healthy data to a calibrated,
+"""``python -m training {prepare,fit,export,calibrate,evaluate,bench,render,table}``: from healthy data to a calibrated,
 evaluated model bundle. Each command prints what it wrote; the model card records the commands that made it."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         raise InputError(f"fit supports the learned methods (patchgan), not {args.method!r}")
     data = SliceSet.load(args.data)
     config = PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
-                            ranking=PatchRanking(patch=args.hole, stride=args.hole // 2))
+                            ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
+                            uncertainty=args.uncertainty)
     settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     record = fit_patchgan(data, config, settings, args.run_dir, choose_device(args.device), resume=args.resume,
                           stop_after=args.stop_after)
@@ -64,7 +65,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if args.method == "intensity":
         pre = Preprocessing(plane=args.plane, size=(args.size, args.size), spacing_mm=args.spacing,
-                            normalisation="zscore")
+                            normalisation="zscore", clip=(-10.0, 10.0))  # z-scores: clip only absurd values
         card = ModelCard(name=args.name, method="intensity", version=__version__, modality=args.modality,
                          preprocessing=pre,
                          hyperparameters={"sign": args.sign, "ranking": PatchRanking().to_dict()},
@@ -117,7 +118,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     bundle, method = _load_for_scoring(args)
     cases = load_cases(args.dataset, args.split, bundle.card.modality)
-    scores = score_split(method, bundle, cases, voxels=False)
+    scores = score_split(method, bundle, cases)
     thresholds = calibrate(scores, args.pixel_fpr, args.slice_fpr)
     thresholds.update(calibrated_on=f"{cases[0].dataset} {args.split}", command=_command_line())
     bundle.card.thresholds = thresholds
@@ -146,9 +147,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import run_benchmark
+    if args.record:  # a result measured elsewhere (e.g. on a GPU machine) by this same command
+        result = json.loads(args.record.read_text())
+    else:
+        from .bench import run_benchmark
 
-    result = run_benchmark(args.model, args.device, args.repeats)
+        result = run_benchmark(args.model, args.device, args.repeats)
     print(json.dumps(result, indent=2))
     if args.update_card:
         from MedicalAnomalyDetectionLib.bundle import load_bundle, write_card
@@ -156,6 +160,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
         bundle = load_bundle(args.model)
         bundle.card.benchmark[result["device_name"]] = result
         write_card(bundle.path, bundle.card)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    import SimpleITK as sitk
+
+    from .render import render_result
+
+    read = lambda path: sitk.ReadImage(str(path))  # noqa: E731
+    report = json.loads((args.result_dir / "report.json").read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    render_result(read(args.input), read(args.result_dir / "anomaly_map.nii.gz"),
+                  read(args.result_dir / "anomaly_label.nii.gz"), args.out,
+                  truth=read(args.truth) if args.truth else None,
+                  title=f"{report['model']}: heat map, label outline (cyan)"
+                        + (", reference lesions (green)" if args.truth else ""))
+    print(f"{args.out} written")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from .results_table import markdown_table
+
+    print(markdown_table())
 
 
 def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--hole", type=int, default=32, help="hole (and ranking patch) size in pixels")
     p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add the log-variance head; maps become residual / predicted sigma")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
@@ -226,7 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--update-card", action="store_true")
+    p.add_argument("--record", type=Path, help="store this saved bench JSON in the card instead of measuring")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("render", help="picture of a mad-detect result (slices, heat map, outlines) as PNG")
+    p.add_argument("--input", type=Path, required=True, help="the volume mad-detect ran on")
+    p.add_argument("--result-dir", type=Path, required=True, help="mad-detect's --output-dir")
+    p.add_argument("--truth", type=Path, help="reference lesion mask to outline too")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("table", help="markdown table of the metrics stored in the bundled model cards")
+    p.set_defaults(func=cmd_table)
     return parser
 
 

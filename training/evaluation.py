@@ -15,6 +15,7 @@ from MedicalAnomalyDetectionLib.bundle import Bundle
 from MedicalAnomalyDetectionLib.inference import score_prepared
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, to_input_grid
+from MedicalAnomalyDetectionLib.scoring import volume_score
 
 from .datasets import Case
 from .metrics import auroc_ap, best_dice, dice_at
@@ -35,35 +36,37 @@ class SplitScores:
     rows: list[dict] = field(default_factory=list)
 
 
-def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_size: int = 32,
-                voxels: bool = True) -> SplitScores:
-    """Run the inference path on every case; keep slice scores of eligible slices and map values inside the brain
-    on the input grid (voxel metrics) and on healthy slices of the model grid (calibration)."""
+def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_size: int = 32) -> SplitScores:
+    """Run the inference path on every case; keep the scores of eligible slices, and the map's values on the input
+    grid inside the brain (voxel metrics) and inside the brain of healthy slices (calibration)."""
     out = SplitScores()
+    threshold = bundle.card.thresholds.get("pixel")
     for case in cases:
         started = time.perf_counter()
         prepared = prepare_case(case, bundle.card.preprocessing)
         scored = score_prepared(method, prepared, batch_size)
         eligible = eligible_slices(prepared)
+        healthy = healthy_slices(prepared)
         out.slice_labels.append(lesion_slices(prepared)[eligible])
         out.slice_scores.append(scored.scores[eligible])
-        healthy = healthy_slices(prepared)
         out.healthy_slice_scores.append(scored.scores[healthy])
-        out.healthy_pixel_scores.append(scored.maps[healthy][prepared.mask[healthy]])
+
+        image, brain, lesion = case.read()
+        anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared, image))
+        inside = (sitk.GetArrayViewFromImage(brain) > 0 if brain is not None
+                  else prepared_mask_on_input(prepared, image))
+        truth = (sitk.GetArrayViewFromImage(lesion) > 0) if lesion is not None else np.zeros_like(inside)
+        out.voxel_labels.append(truth[inside])
+        out.voxel_scores.append(anomaly_map[inside].astype(np.float32))
+        numpy_axis = 2 - prepared.slice_axis  # arrays are (K, J, I)
+        healthy_index = prepared.slice_index[healthy]
+        out.healthy_pixel_scores.append(np.take(anomaly_map, healthy_index, axis=numpy_axis)[
+            np.take(inside, healthy_index, axis=numpy_axis)])
+
         row = {"case": case.case_id, "slices": int(eligible.sum()), "lesion_slices": int(out.slice_labels[-1].sum()),
-               "volume_score": float(scored.scores.max())}
-        if voxels:
-            image, brain, lesion = case.read()
-            anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared, image))
-            inside = (sitk.GetArrayViewFromImage(brain) > 0 if brain is not None
-                      else prepared_mask_on_input(prepared, image))
-            truth = (sitk.GetArrayViewFromImage(lesion) > 0) if lesion is not None else np.zeros_like(inside)
-            out.voxel_labels.append(truth[inside])
-            out.voxel_scores.append(anomaly_map[inside].astype(np.float32))
-            threshold = bundle.card.thresholds.get("pixel")
-            row["lesion_voxels"] = int(truth[inside].sum())
-            if threshold is not None:
-                row["dice_at_threshold"] = round(dice_at(out.voxel_labels[-1], out.voxel_scores[-1], threshold), 4)
+               "volume_score": volume_score(scored.scores, eligible), "lesion_voxels": int(truth[inside].sum())}
+        if threshold is not None and truth.any():
+            row["dice_at_threshold"] = round(dice_at(out.voxel_labels[-1], out.voxel_scores[-1], threshold), 4)
         row["seconds"] = round(time.perf_counter() - started, 2)
         out.rows.append(row)
     return out
@@ -115,7 +118,8 @@ def write_report(scores: SplitScores, summary: dict, title: str, out_dir: Path) 
 
 
 def calibrate(scores: SplitScores, pixel_fpr: float, slice_fpr: float) -> dict:
-    """Thresholds at which healthy material of the split is flagged at the given false-positive rates."""
+    """Thresholds at which healthy material of the split is flagged at the given false-positive rates: brain voxels
+    of healthy slices on the input grid (where the label map is made), and healthy slices."""
     pixels = np.concatenate(scores.healthy_pixel_scores)
     slices = np.concatenate(scores.healthy_slice_scores)
     return {"pixel": float(np.quantile(pixels, 1.0 - pixel_fpr)), "pixel_fpr": pixel_fpr,

@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from MedicalAnomalyDetectionLib.methods.patchgan import (PatchDiscriminator, PatchGANConfig, Reconstructor,
-                                                         checkerboard_holes)
+from MedicalAnomalyDetectionLib.methods.patchgan import (LOG_VAR_RANGE, PatchDiscriminator, PatchGANConfig,
+                                                         Reconstructor, checkerboard_holes)
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
+
+from MedicalAnomalyDetectionLib.errors import InputError
 
 from .slice_set import SliceSet
 
@@ -35,6 +37,7 @@ class FitSettings:
     learning_rate: float = 2e-4  # decayed to 0 along a cosine over the run (calms the late GAN instabilities)
     recon_weight: float = 0.2  # lambda of Eq. 4
     adv_weight: float = 0.05
+    uncertainty_weight: float = 0.1  # of the log-variance head's Gaussian NLL (config.uncertainty only)
     seed: int = 0
     checkpoint_every: int = 5  # epochs
 
@@ -70,11 +73,12 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
     shift_y = torch.randint(0, config.hole, (batch,), generator=generator, device=device)
     shift_x = torch.randint(0, config.hole, (batch,), generator=generator, device=device)
     holes = checkerboard_holes(height, width, config.hole, phase, shift_y, shift_x)
-    with autocast_for(device):
-        x_hat = reconstructor(x * (1 - holes), holes).float()
+    with autocast_for(device, training=True):
+        out = reconstructor(x * (1 - holes), holes).float()
+    x_hat = out[:, :1]
     fake = x * (1 - holes) + x_hat * holes
 
-    with autocast_for(device):
+    with autocast_for(device, training=True):
         d_real = discriminator(x, holes).float()
         d_fake = discriminator(fake.detach(), holes).float()
     loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
@@ -86,15 +90,30 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
     loss_r = F.mse_loss(x_hat, x)  # Eq. 1, whole slice
     weight = holes * mask
     loss_patch = ((x_hat - x) ** 2 * weight).sum() / weight.sum().clamp_min(1)  # Eq. 2, in-painted patches
-    with autocast_for(device):
+    with autocast_for(device, training=True):
         d_gen = discriminator(fake, holes).float()
     loss_adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))  # Eq. 3, R's side
     total = settings.recon_weight * loss_r + loss_patch + settings.adv_weight * loss_adv  # Eq. 4
+    losses = {"loss_r": loss_r.item(), "loss_patch": loss_patch.item(), "loss_adv": loss_adv.item(),
+              "loss_d": loss_d.item()}
+    if config.uncertainty:
+        log_var = out[:, 1:2].clamp(*LOG_VAR_RANGE)
+        nll = 0.5 * ((x_hat.detach() - x) ** 2 * torch.exp(-log_var) + log_var)
+        loss_nll = (nll * weight).sum() / weight.sum().clamp_min(1)
+        total = total + settings.uncertainty_weight * loss_nll
+        losses["loss_nll"] = loss_nll.item()
     opt_r.zero_grad(set_to_none=True)
     total.backward()
     opt_r.step()
-    return {"loss_r": loss_r.item(), "loss_patch": loss_patch.item(), "loss_adv": loss_adv.item(),
-            "loss_d": loss_d.item()}
+    return losses
+
+
+def _run_identity(config: PatchGANConfig, settings: FitSettings, data: SliceSet) -> str:
+    """What a checkpoint must match to be resumed: network, optimisation settings (but where to stop) and data size."""
+    identity = {"config": config.to_dict(), "settings": {k: v for k, v in settings.__dict__.items()
+                                                          if k != "checkpoint_every"},
+                "slices": int(data.slices.shape[0])}
+    return json.dumps(identity, sort_keys=True)
 
 
 def fit_patchgan(data: SliceSet, config: PatchGANConfig, settings: FitSettings, run_dir: Path,
@@ -103,13 +122,15 @@ def fit_patchgan(data: SliceSet, config: PatchGANConfig, settings: FitSettings, 
 
     ``stop_after`` ends this session after that many epochs (checkpointed), for time-limited jobs; ``resume``
     continues the same schedule from the checkpoint, with the same result as an uninterrupted run."""
+    steps = data.slices.shape[0] // settings.batch_size
+    if steps == 0:
+        raise InputError(f"{data.slices.shape[0]} training slices are fewer than one batch of {settings.batch_size}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    reconstructor = Reconstructor(config.widths).to(device)
+    reconstructor = Reconstructor(config.widths, config.uncertainty).to(device)
     discriminator = PatchDiscriminator(config.disc_widths).to(device)
     opt_r = torch.optim.Adam(reconstructor.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
-    steps = data.slices.shape[0] // settings.batch_size
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps)
                   for opt in (opt_r, opt_d)]
     order_gen = torch.Generator().manual_seed(settings.seed)
@@ -118,6 +139,11 @@ def fit_patchgan(data: SliceSet, config: PatchGANConfig, settings: FitSettings, 
     checkpoint_path = run_dir / CHECKPOINT
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["run"] != _run_identity(config, settings, data):
+            raise InputError(f"--resume: {checkpoint_path} was made with other settings, network or data; "
+                             "use the same command, or a new --run-dir")
+        if int(state["epoch"]) >= settings.epochs:
+            raise InputError(f"--resume: {run_dir} has already finished its {settings.epochs} epochs")
         reconstructor.load_state_dict(state["reconstructor"])
         discriminator.load_state_dict(state["discriminator"])
         opt_r.load_state_dict(state["opt_r"])
@@ -155,7 +181,8 @@ def fit_patchgan(data: SliceSet, config: PatchGANConfig, settings: FitSettings, 
                         "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict(),
                         "sched_r": schedulers[0].state_dict(), "sched_d": schedulers[1].state_dict(),
                         "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(),
-                        "epoch": epoch + 1, "seconds": elapsed}, checkpoint_path)
+                        "epoch": epoch + 1, "seconds": elapsed, "run": _run_identity(config, settings, data)},
+                       checkpoint_path)
     record = {"method": "patchgan", "config": config.to_dict(), "settings": settings.__dict__,
               "epochs_done": last_epoch,
               "slices": count, "cases": len(set(data.case_ids)), "device": str(device),

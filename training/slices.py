@@ -7,14 +7,13 @@ from scipy.ndimage import binary_dilation
 
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
+from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE
+from MedicalAnomalyDetectionLib.scoring import eligible_slices as brain_share_eligible
 
 from .datasets import Case
 from .slice_set import SliceSet
 
-# A slice takes part in training and slice-level metrics when its brain area is at least this share of the volume's
-# largest brain cross-section (the extreme ends of the brain, a few cm^2 of tissue, are left out).
-MIN_BRAIN_SHARE = 0.2
-# Training also takes the smaller brain cross-sections (down to this share), so that the model learns them as normal.
+# Slice-level metrics use the core's MIN_BRAIN_SHARE; training also takes the smaller brain cross-sections (down to this share), so that the model learns them as normal.
 TRAIN_MIN_BRAIN_SHARE = 0.05
 # A lesion-free slice closer than this many slices to a lesion slice is not used as healthy.
 HEALTHY_MARGIN = 1
@@ -27,9 +26,9 @@ def prepare_case(case: Case, pre: Preprocessing) -> PreparedVolume:
 
 
 def eligible_slices(prepared: PreparedVolume, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
-    """Boolean (N,): slices whose brain area is at least ``min_share`` of the volume's largest cross-section."""
-    area = prepared.mask.sum(axis=(1, 2))
-    return area >= min_share * max(1, area.max())
+    """Boolean (N,): slices whose brain area is at least ``min_share`` of the volume's largest cross-section (the
+    core's definition, which also decides the volume score)."""
+    return brain_share_eligible(prepared.mask.sum(axis=(1, 2)), min_share)
 
 
 def lesion_slices(prepared: PreparedVolume) -> np.ndarray:

@@ -12,18 +12,21 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .card import ModelCard
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
 
 
 def bundled_models_dir() -> Path:
-    """Where the bundled models live: ``$MAD_MODELS_DIR`` or ``Resources/Models`` of this source tree."""
+    """Where the bundled models live: ``$MAD_MODELS_DIR`` or ``Resources/Models`` two folders above this package
+    (the source tree's layout, which the Slicer extension's install rule reproduces)."""
     return Path(os.environ.get("MAD_MODELS_DIR", Path(__file__).resolve().parents[2] / "Resources" / "Models"))
 
 
@@ -60,6 +63,8 @@ def resolve_bundle_path(name_or_path: str | Path) -> Path:
 
 def save_bundle(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tensor] | None) -> Path:
     """Write ``card`` (and ``state_dict`` as weights.pt, whose sha256 goes into the card) into ``folder``."""
+    import torch  # here, so that cards can be listed and read where torch is not installed yet (e.g. in Slicer)
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if state_dict is not None:
@@ -89,6 +94,8 @@ def read_card(folder: Path) -> ModelCard:
 
 def load_bundle(name_or_path: str | Path) -> Bundle:
     """Load and verify a bundle: card parsed, checksum matched, weights read without unpickling objects."""
+    import torch
+
     folder = resolve_bundle_path(name_or_path)
     card = read_card(folder)
     if card.sha256 is None:

@@ -28,6 +28,12 @@ class Preprocessing:
             raise InputError(f"unknown plane {self.plane!r}; one of {sorted(PLANE_ORIENTATION)}")
         if self.normalisation not in ("percentile", "zscore"):
             raise InputError(f"unknown normalisation {self.normalisation!r}")
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise InputError(f"model input size must be two sizes of at least 8 pixels, not {self.size}")
+        if not 0 < self.spacing_mm < 20:
+            raise InputError(f"model spacing {self.spacing_mm} mm is out of range")
+        if len(self.clip) != 2 or self.clip[0] >= self.clip[1]:
+            raise InputError(f"intensity clip range {self.clip} is not (low, high)")
 
     def to_dict(self) -> dict:
         return {"plane": self.plane, "size": list(self.size), "spacing_mm": self.spacing_mm,

@@ -22,6 +22,13 @@ from .volume_io import read_volume, write_image
 OUTPUTS = ("anomaly_map.nii.gz", "anomaly_label.nii.gz", "slice_scores.csv", "report.json")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mad-detect", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder")
@@ -30,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--brain-mask", help="brain mask on the input's grid (else a foreground mask is used)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threshold", type=float, help="pixel threshold (default: the model's calibrated one)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per network batch")
     return parser
 
 
@@ -50,10 +57,10 @@ def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Do what the command line asks; returns the report written to report.json."""
     inputs = tuple(Path(p) for p in (args.input, args.brain_mask) if p)
-    _check_output_dir(args.output_dir, inputs)
     bundle = load_bundle(args.model)
     image = read_volume(args.input)
     mask = read_volume(args.brain_mask) if args.brain_mask else None
+    _check_output_dir(args.output_dir, inputs)
 
     def progress(fraction: float, stage: str) -> None:
         print(f"\r[{fraction:4.0%}] {stage:<32}", end="", file=sys.stderr, flush=True)
@@ -69,12 +76,11 @@ def run(args: argparse.Namespace) -> dict:
         writer.writerow(["slice_index", "score"])
         for index, score in sorted(zip(result.slice_index.tolist(), result.slice_scores.tolist())):
             writer.writerow([index, f"{score:.6g}"])
-    most = int(result.slice_index[result.slice_scores.argmax()])
+    slice_threshold = bundle.card.thresholds.get("slice")
     report = {"input": str(args.input), "model": result.model, "model_version": bundle.card.version,
-              "volume_score": result.volume_score, "slice_threshold": bundle.card.thresholds.get("slice"),
-              "abnormal": (result.volume_score >= bundle.card.thresholds["slice"]
-                           if "slice" in bundle.card.thresholds else None),
-              "threshold": result.threshold, "slice_axis": result.slice_axis, "most_anomalous_slice": most,
+              "volume_score": result.volume_score, "slice_threshold": slice_threshold,
+              "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
+              "slice_axis": result.slice_axis, "most_anomalous_slice": result.most_anomalous_slice,
               "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
               "device": result.device, "seconds": round(result.seconds, 3)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -17,7 +17,7 @@ from .methods import AnomalyMethod, build_method
 from .methods.runtime import choose_device
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .volume_io import validate_volume
-from .scoring import volume_score
+from .scoring import eligible_slices, volume_score
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -35,11 +35,24 @@ class Detection:
     slice_scores: np.ndarray  # (N,) one score per model-plane slice
     slice_index: np.ndarray  # (N,) the input's voxel index of each slice along slice_axis
     slice_axis: int  # input IJK axis the slices step along
+    slice_eligible: np.ndarray  # (N,) bool: slices with enough brain to count (see scoring.MIN_BRAIN_SHARE)
     volume_score: float
     threshold: float
     model: str
     device: str
     seconds: float
+
+    @property
+    def most_anomalous_slice(self) -> int:
+        """Input index (along slice_axis) of the eligible slice with the highest score."""
+        scores = np.where(self.slice_eligible, self.slice_scores, -np.inf)
+        return int(self.slice_index[int(np.argmax(scores))])
+
+    def flagged_slices(self, slice_threshold: float | None) -> int | None:
+        """How many eligible slices score at least ``slice_threshold`` (None without a threshold)."""
+        if slice_threshold is None:
+            return None
+        return int(((self.slice_scores >= slice_threshold) & self.slice_eligible).sum())
 
 
 @dataclass
@@ -54,6 +67,8 @@ def score_prepared(method: AnomalyMethod, prepared: PreparedVolume, batch_size: 
                    progress: ProgressCallback | None = None,
                    cancel: Callable[[], bool] | None = None) -> ScoredVolume:
     """Run ``method`` over the slices that hold brain, in batches; empty slices score 0."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}")
     count = prepared.slices.shape[0]
     maps = np.zeros(prepared.slices.shape, dtype=np.float32)
     scores = np.zeros(count, dtype=np.float32)
@@ -93,6 +108,8 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     threshold = bundle.card.thresholds.get("pixel") if threshold is None else threshold
     if threshold is None:
         raise InputError(f"model {bundle.card.name} has no calibrated threshold; pass one")
+    if not np.isfinite(threshold) or threshold <= 0:
+        raise InputError(f"threshold must be a positive number, not {threshold}")
     report(0.0, "preparing volume")
     image = validate_volume(image)
     prepared = prepare_volume(image, bundle.card.preprocessing, brain_mask)
@@ -106,9 +123,10 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     report(0.9, "resampling to the input grid")
     anomaly_map = to_input_grid(scored.maps, prepared, image)
     label_map = label_from_map(anomaly_map, threshold)
+    eligible = eligible_slices(prepared.mask.sum(axis=(1, 2)))
     report(1.0, "done")
     return Detection(anomaly_map=anomaly_map, label_map=label_map, slice_scores=scored.scores,
-                     slice_index=prepared.slice_index, slice_axis=prepared.slice_axis,
-                     volume_score=volume_score(torch.from_numpy(scored.scores)), threshold=float(threshold),
+                     slice_index=prepared.slice_index, slice_axis=prepared.slice_axis, slice_eligible=eligible,
+                     volume_score=volume_score(scored.scores, eligible), threshold=float(threshold),
                      model=bundle.card.name, device=str(getattr(method, "device", "cpu")),
                      seconds=time.perf_counter() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +70,18 @@ def slice_scores(error: torch.Tensor, mask: torch.Tensor, ranking: PatchRanking)
     return torch.where(count > 0, score, torch.zeros_like(score))
 
 
-def volume_score(scores: torch.Tensor) -> float:
-    """A volume's score: its most anomalous slice's score."""
-    return float(scores.max()) if scores.numel() else 0.0
+# A slice counts towards the volume score (and slice-level metrics) when its brain area is at least this share of the
+# volume's largest brain cross-section: the extreme ends of the brain, a few cm^2 of tissue that is hard to in-paint,
+# would otherwise decide the volume score of healthy volumes.
+MIN_BRAIN_SHARE = 0.2
+
+
+def eligible_slices(brain_area: np.ndarray, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
+    """Boolean (N,): slices whose brain area is at least ``min_share`` of the largest one."""
+    brain_area = np.asarray(brain_area)
+    return brain_area >= min_share * max(1, brain_area.max(initial=0))
+
+
+def volume_score(scores: np.ndarray, eligible: np.ndarray) -> float:
+    """A volume's score: the score of its most anomalous eligible slice (0 without any)."""
+    return float(np.max(scores[eligible])) if eligible.any() else 0.0

@@ -35,8 +35,8 @@ def read_volume(path: str | Path) -> sitk.Image:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise InputError(f"cannot read {path}: {first_line}") from None
+        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise InputError(f"cannot read {path}: {last_line}") from None
     return image
 
 

@@ -88,3 +88,14 @@ def test_unknown_method_is_refused(tmp_path):
     card = tiny_card(method="nonexistent")
     with pytest.raises(InputError, match="unknown method"):
         build_method(load_bundle(save_bundle(tmp_path / "x", card, None)), torch.device("cpu"))
+
+
+def test_malformed_hyperparameters_and_preprocessing_are_refused(tmp_path):
+    card = tiny_card()
+    del card.hyperparameters["widths"]
+    with pytest.raises(InputError, match="malformed hyper-parameters"):
+        build_method(load_bundle(save_bundle(tmp_path / "a", card, None)), torch.device("cpu"))
+    data = tiny_card().to_dict()
+    data["preprocessing"]["size"] = [32]
+    with pytest.raises(InputError, match="input size"):
+        ModelCard.from_dict(data)

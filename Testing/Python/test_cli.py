@@ -35,7 +35,10 @@ def test_writes_map_label_scores_and_report(volume_file, tiny_bundle_dir, tmp_pa
     assert report["model"] == "tiny" and report["threshold"] == 0.2
     rows = list(csv.DictReader(open(out / "slice_scores.csv")))
     assert len(rows) == image.GetSize()[2]
-    assert max(float(r["score"]) for r in rows) == pytest.approx(report["volume_score"], rel=1e-4)
+    scores = {int(r["slice_index"]): float(r["score"]) for r in rows}
+    assert scores[report["most_anomalous_slice"]] == pytest.approx(report["volume_score"], rel=1e-4)
+    assert max(scores.values()) >= report["volume_score"] > 0
+    assert 0 <= report["flagged_slices"] <= sum(score >= report["slice_threshold"] for score in scores.values())
     assert report["anomalous_voxels"] == int(sitk.GetArrayFromImage(label).sum())
 
 
@@ -92,3 +95,10 @@ def test_console_entry_point_runs_as_module(volume_file, tiny_bundle_dir, tmp_pa
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["threshold"] == 0.2
+
+
+def test_batch_size_must_be_positive(volume_file, tiny_bundle_dir, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(volume_file), "--model", str(tiny_bundle_dir), "--output-dir", str(tmp_path / "o"),
+              "--batch-size", "0"])
+    assert exit_info.value.code == 2

@@ -31,7 +31,11 @@ def test_outputs_share_the_input_grid_and_input_is_untouched(tiny_bundle):
     anomaly = sitk.GetArrayFromImage(result.anomaly_map)
     label = sitk.GetArrayFromImage(result.label_map)
     np.testing.assert_array_equal(label, (anomaly >= result.threshold).astype(np.uint8))
-    assert result.volume_score == pytest.approx(result.slice_scores.max())
+    eligible_scores = result.slice_scores[result.slice_eligible]
+    assert result.volume_score == pytest.approx(eligible_scores.max())
+    assert result.flagged_slices(0.0) == result.slice_eligible.sum()
+    assert result.flagged_slices(float(eligible_scores.max())) == 1
+    assert result.flagged_slices(None) is None
     assert result.threshold == tiny_bundle.card.thresholds["pixel"]
 
 
@@ -42,7 +46,7 @@ def test_intensity_baseline_outlines_the_bright_blob(intensity_bundle):
     truth = array == 250.0
     dice = 2 * (label & truth).sum() / (label.sum() + truth.sum())
     assert dice > 0.5
-    assert result.slice_index[result.slice_scores.argmax()] in range(10, 15)
+    assert result.most_anomalous_slice in range(10, 15)
 
 
 def test_brain_mask_restricts_the_map(intensity_bundle):
@@ -69,6 +73,19 @@ def test_threshold_override_and_bad_threshold(tiny_bundle):
     assert sitk.GetArrayFromImage(result.label_map).sum() > 0
     with pytest.raises(InputError, match="threshold"):
         label_from_map(result.anomaly_map, -1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match="threshold"):  # refused before any work
+            detect(image, tiny_bundle, threshold=bad, progress=lambda f, s: pytest.fail("work started"))
+
+
+def test_ends_of_the_brain_do_not_decide_the_volume_score():
+    from MedicalAnomalyDetectionLib.scoring import eligible_slices, volume_score
+
+    area = np.array([5, 400, 500, 380, 30])
+    eligible = eligible_slices(area)
+    assert eligible.tolist() == [False, True, True, True, False]
+    assert volume_score(np.array([9.0, 1.0, 2.0, 1.5, 8.0]), eligible) == 2.0
+    assert volume_score(np.zeros(3), np.zeros(3, bool)) == 0.0
 
 
 def test_cuda_without_gpu_is_a_clear_error(tiny_bundle, monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from MedicalAnomalyDetectionLib.scoring import PatchRanking, patch_losses, slice_scores, volume_score
+from MedicalAnomalyDetectionLib.scoring import PatchRanking, patch_losses, slice_scores
 
 
 def _map_with_two_hot_patches() -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +47,6 @@ def test_diffuse_normalisation_divides_by_median_patch_loss():
     assert slice_scores(error, mask, ranking).item() == pytest.approx(9.0 / 1.0)
 
 
-def test_empty_slice_scores_zero_and_volume_score_is_the_maximum():
+def test_empty_slice_scores_zero():
     scores = slice_scores(torch.ones(2, 8, 8), torch.zeros(2, 8, 8), PatchRanking(patch=4, stride=4))
     assert scores.tolist() == [0.0, 0.0]
-    assert volume_score(torch.tensor([0.1, 0.7, 0.3])) == pytest.approx(0.7)

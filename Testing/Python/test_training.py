@@ -8,9 +8,10 @@ import SimpleITK as sitk
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
-from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator, PatchGAN, PatchGANConfig, Reconstructor
 from training.cli import main
-from training.patchgan_fit import FitSettings, fit_patchgan
+from training.patchgan_fit import FitSettings, fit_patchgan, training_step
 from training.slice_set import SliceSet
 
 from conftest import head_array, make_image
@@ -97,3 +98,36 @@ def test_training_reduces_the_inpainting_loss(tmp_path):
     predicting_zero = float((data.slices.astype(np.float32) ** 2).mean())  # an untrained network's ballpark
     assert record["history"][-1]["epoch"] == 30
     assert record["history"][-1]["loss_patch"] < 0.5 * predicting_zero
+
+
+def test_uncertainty_head_learns_where_inpainting_is_hard():
+    """Left half flat, right half noise: after training, the predicted sigma is larger on the right."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.full((8, 1, 32, 32), 0.5)
+    x[..., 16:] += 0.3 * torch.randn(8, 1, 32, 16, generator=generator)
+    mask = torch.ones_like(x)
+    config = PatchGANConfig(widths=(8, 16), disc_widths=(8,), hole=8, uncertainty=True)
+    reconstructor = Reconstructor(config.widths, uncertainty=True)
+    discriminator = PatchDiscriminator(config.disc_widths)
+    opt_r = torch.optim.Adam(reconstructor.parameters(), lr=3e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
+    settings = FitSettings(uncertainty_weight=1.0)
+    for _ in range(250):
+        losses = training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
+    assert np.isfinite(losses["loss_nll"])
+    _, sigma = PatchGAN(config, reconstructor, torch.device("cpu")).reconstruct(x[:4, 0])
+    assert sigma[:, 4:28, 20:28].mean() > 1.5 * sigma[:, 4:28, 4:12].mean()
+
+
+def test_resume_refuses_other_settings_and_tiny_data(tmp_path):
+    data = SliceSet(slices=np.random.default_rng(0).random((16, 32, 32)).astype(np.float16),
+                    masks=np.ones((16, 32, 32), bool), case_ids=["a"] * 16, source={})
+    config = PatchGANConfig(widths=(4, 8), disc_widths=(8,), hole=8)
+    fit_patchgan(data, config, FitSettings(epochs=2, batch_size=8), tmp_path / "run", torch.device("cpu"),
+                 stop_after=1)
+    with pytest.raises(InputError, match="other settings"):
+        fit_patchgan(data, config, FitSettings(epochs=3, batch_size=8), tmp_path / "run", torch.device("cpu"),
+                     resume=True)
+    with pytest.raises(InputError, match="fewer than one batch"):
+        fit_patchgan(data, config, FitSettings(batch_size=32), tmp_path / "other", torch.device("cpu"))

@@ -21,4 +21,7 @@ def build_method(bundle: Bundle, device: torch.device) -> AnomalyMethod:
     if method is None:
         raise InputError(f"model {bundle.card.name} uses unknown method {bundle.card.method!r} "
                          f"(known: {', '.join(sorted(METHODS))})")
-    return method.from_bundle(bundle, device)
+    try:
+        return method.from_bundle(bundle, device)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"model card of {bundle.card.name} has malformed hyper-parameters: {error!r}") from None

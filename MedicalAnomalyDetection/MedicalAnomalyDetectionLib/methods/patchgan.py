@@ -18,6 +18,11 @@ What the paper fixes, and what we chose where it is silent (the model card repea
   whole slice (Eq. 1) and L_D the patch-wise squared discrepancy (Eq. 2) taken over the holes, plus
   ``adv_weight`` times R's adversarial term (the paper gives no weight for it; 0.05 keeps training stable).
 * **Score** (Eq. 5): see :class:`..scoring.PatchRanking` (32 x 32 patches, stride 16, weights 1.1, 1.0).
+* **Optional uncertainty head** (``uncertainty``, our addition, off in the paper's setting): R also predicts a
+  per-pixel log-variance s of its in-painting error, trained with the Gaussian negative log-likelihood of the
+  detached residual (weight ``uncertainty_weight``), so R's mean follows the paper's losses. The map is then the
+  residual divided by sigma = exp(s / 2): a z-score that discounts what healthy anatomy makes hard to in-paint
+  (cortex, ventricle borders, the ends of the brain) -- the learned form of dividing focal by diffuse error.
 """
 
 from __future__ import annotations
@@ -48,17 +53,24 @@ class PatchGANConfig:
     sign: str = "positive"
     map_smoothing: int = 7
     ranking: PatchRanking = PatchRanking()
+    uncertainty: bool = False
 
     def to_dict(self) -> dict:
         return {"widths": list(self.widths), "disc_widths": list(self.disc_widths), "hole": self.hole,
                 "inference_shifts": list(self.inference_shifts), "sign": self.sign,
-                "map_smoothing": self.map_smoothing, "ranking": self.ranking.to_dict()}
+                "map_smoothing": self.map_smoothing, "ranking": self.ranking.to_dict(),
+                "uncertainty": self.uncertainty}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PatchGANConfig":
         return cls(widths=tuple(data["widths"]), disc_widths=tuple(data["disc_widths"]), hole=int(data["hole"]),
                    inference_shifts=tuple(data["inference_shifts"]), sign=data["sign"],
-                   map_smoothing=int(data["map_smoothing"]), ranking=PatchRanking.from_dict(data["ranking"]))
+                   map_smoothing=int(data["map_smoothing"]), ranking=PatchRanking.from_dict(data["ranking"]),
+                   uncertainty=bool(data.get("uncertainty", False)))
+
+
+# Bounds of the predicted log-variance: sigma between 0.01 and 7.4 in normalised intensity units.
+LOG_VAR_RANGE = (-9.2, 4.0)
 
 
 def _conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
@@ -67,9 +79,10 @@ def _conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
 
 
 class Reconstructor(nn.Module):
-    """Encoder-decoder with skip connections: (masked slice, hole indicator) -> reconstructed slice."""
+    """Encoder-decoder with skip connections: (masked slice, hole indicator) -> reconstructed slice (channel 0) and,
+    with ``uncertainty``, the log-variance of its error (channel 1)."""
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], uncertainty: bool = False) -> None:
         super().__init__()
         self.stem = _conv_block(2, widths[0])
         self.down = nn.ModuleList(
@@ -77,7 +90,7 @@ class Reconstructor(nn.Module):
             for a, b in zip(widths[:-1], widths[1:]))
         self.up = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
         self.merge = nn.ModuleList(_conv_block(2 * a, a) for a in widths[:-1])
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], 2 if uncertainty else 1, 1)
 
     def forward(self, masked: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
         x = self.stem(torch.cat([masked, holes], dim=1))
@@ -147,7 +160,7 @@ class PatchGAN:
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PatchGAN":
         config = PatchGANConfig.from_dict(bundle.card.hyperparameters)
-        reconstructor = Reconstructor(config.widths)
+        reconstructor = Reconstructor(config.widths, config.uncertainty)
         state = {k.removeprefix("reconstructor."): v for k, v in (bundle.state_dict or {}).items()
                  if k.startswith("reconstructor.")}
         try:
@@ -158,8 +171,9 @@ class PatchGAN:
         return cls(config, reconstructor, device)
 
     @torch.no_grad()
-    def reconstruct(self, slices: torch.Tensor) -> torch.Tensor:
-        """In-paint every pixel of (B, H, W) slices from context; returns (B, H, W) float32 reconstructions."""
+    def reconstruct(self, slices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """In-paint every pixel of (B, H, W) slices from context: (B, H, W) float32 reconstructions and, with the
+        uncertainty head, their (B, H, W) standard deviations (else None)."""
         batch, height, width = slices.shape
         holes = inference_holes(height, width, self.config, self.device)  # (M, 1, H, W)
         count = holes.shape[0]
@@ -172,13 +186,21 @@ class PatchGAN:
             holes_in = holes_in.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device):
             out = self.reconstructor(masked, holes_in)
-        out = out.float().view(batch, count, height, width)
+        out = out.float().view(batch, count, -1, height, width)
         weights = holes.view(1, count, height, width)
-        return (out * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+        total = weights.sum(dim=1).clamp_min(1)
+        mean = (out[:, :, 0] * weights).sum(dim=1) / total
+        if not self.config.uncertainty:
+            return mean, None
+        variance = (out[:, :, 1].clamp(*LOG_VAR_RANGE).exp() * weights).sum(dim=1) / total
+        return mean, variance.sqrt()
 
-    def anomaly_map(self, slices: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Signed, smoothed residual inside the mask."""
+    def anomaly_map(self, slices: torch.Tensor, reconstruction: torch.Tensor, sigma: torch.Tensor | None,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """Signed residual (divided by sigma with the uncertainty head), smoothed, inside the mask."""
         residual = signed_residual(slices - reconstruction, self.config.sign) * mask
+        if sigma is not None:
+            residual = residual / sigma
         k = self.config.map_smoothing
         if k > 1:
             residual = F.avg_pool2d(residual.unsqueeze(1), k, stride=1, padding=k // 2,
@@ -188,5 +210,5 @@ class PatchGAN:
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
         slices = slices.to(self.device, torch.float32)
         mask = mask.to(self.device, torch.float32)
-        maps = self.anomaly_map(slices, self.reconstruct(slices), mask)
+        maps = self.anomaly_map(slices, *self.reconstruct(slices), mask)
         return SliceResult(maps=maps.cpu(), scores=slice_scores(maps, mask, self.config.ranking).cpu())

@@ -31,11 +31,13 @@ def cpu_supports_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context used for network forward passes on ``device``."""
+def autocast_for(device: torch.device, training: bool = False) -> contextlib.AbstractContextManager:
+    """The autocast context used for network forward passes on ``device``: bf16 where supported; fp16 on older
+    GPUs for inference only (training there stays fp32, as fp16 gradients would need loss scaling)."""
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext() if training else torch.autocast("cuda", dtype=torch.float16)
     if cpu_supports_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
