@@ -1,0 +1,107 @@
+"""3D Slicer module: unsupervised anomaly detection in brain MRI. The work is done in ``MedicalAnomalyDetectionLib``
+(Slicer-free core) and ``MedicalAnomalyDetectionSlicer`` (logic, panel); this file only registers them."""
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+
+from MedicalAnomalyDetectionSlicer import resourcePath
+from MedicalAnomalyDetectionSlicer.dependencies import ensureTorch
+
+
+class MedicalAnomalyDetection(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Medical Anomaly Detection"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedicalAnomalyDetection contributors"]
+        self.parent.icon = qt.QIcon(str(resourcePath("Icons", "MedicalAnomalyDetection.png")))
+        self.parent.helpText = """
+Finds what looks unlike healthy brain in an MRI volume (FLAIR or T1, per model) with a model trained only on
+healthy scans, and shows an anomaly heat map, a thresholded label map and a score per slice.
+Pick the volume and a model, optionally a brain mask, and click <b>Detect</b>. The threshold slider re-labels the map
+without running the model again. Research use only; not for diagnosis.
+<p>From the Python console:</p>
+<pre>
+from MedicalAnomalyDetectionSlicer.logic import MedicalAnomalyDetectionLogic
+volume = slicer.util.getNode("flair")
+outputs = MedicalAnomalyDetectionLogic().process(volume, model="patchgan-flair", device="auto")
+print(outputs.volumeScore, outputs.mostAnomalousSlice, outputs.anomalousVoxels)
+</pre>
+"""
+        self.parent.acknowledgementText = """
+Sample case: MSLUB patient 19 (Lesjak et al., Neuroinformatics 2017, CC BY).
+"""
+
+
+class MedicalAnomalyDetectionWidget(ScriptedLoadableModuleWidget):
+    """Mounts the panel from ``MedicalAnomalyDetectionSlicer.widget`` once PyTorch is importable."""
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        self.panel = None
+        self.installButton = qt.QPushButton("Install PyTorch to use this module")
+        self.installButton.connect("clicked(bool)", self.mountPanel)
+        self.layout.addWidget(self.installButton)
+        self.layout.addStretch(1)
+        self.mountPanel()
+
+    def mountPanel(self):
+        """Offer to install PyTorch if missing, then build the panel (its imports need torch)."""
+        if self.panel is not None or not ensureTorch():
+            return
+        from MedicalAnomalyDetectionSlicer.widget import MedicalAnomalyDetectionPanel
+
+        self.panel = MedicalAnomalyDetectionPanel()
+        self.installButton.hide()
+        self.layout.insertWidget(0, self.panel.widget)
+
+    def enter(self):
+        if self.panel is not None:
+            self.panel.enter()
+
+    def exit(self):
+        if self.panel is not None:
+            self.panel.exit()
+
+    def cleanup(self):
+        if self.panel is not None:
+            self.panel.cleanup()
+
+
+class MedicalAnomalyDetectionTest(ScriptedLoadableModuleTest):
+    """Runs the bundled model on the sample case (in a real Slicer only)."""
+
+    def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_sample_case()
+
+    def test_sample_case(self):
+        from MedicalAnomalyDetectionSlicer.logic import MedicalAnomalyDetectionLogic
+
+        sample = resourcePath("Sample", "mslub-patient19")
+        flair = slicer.util.loadVolume(str(sample / "flair.nii.gz"))
+        brain = slicer.util.loadLabelVolume(str(sample / "brain.nii.gz"))
+        lesion = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(sample / "lesion.nii.gz"))) > 0
+        before = slicer.util.arrayFromVolume(flair).copy()
+
+        outputs = MedicalAnomalyDetectionLogic().process(flair, model="patchgan-flair", brainMask=brain)
+
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(flair), before)
+        for node in (outputs.anomalyMap, outputs.anomalyLabel):
+            self.assertEqual(node.GetImageData().GetDimensions(), flair.GetImageData().GetDimensions())
+            self.assertEqual(slicer.util.arrayFromVTKMatrix(_ijkToRAS(node)).tolist(),
+                             slicer.util.arrayFromVTKMatrix(_ijkToRAS(flair)).tolist())
+        anomaly = slicer.util.arrayFromVolume(outputs.anomalyMap)
+        healthy = (slicer.util.arrayFromVolume(brain) > 0) & ~lesion
+        self.assertGreater(float(anomaly[lesion].mean()), float(anomaly[healthy].mean()))
+        self.delayDisplay(f"Volume score {outputs.volumeScore:.3g} on {outputs.device} in {outputs.seconds:.1f} s")
+
+
+def _ijkToRAS(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix

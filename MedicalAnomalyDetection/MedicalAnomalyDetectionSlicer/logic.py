@@ -1,0 +1,255 @@
+"""``MedicalAnomalyDetectionLogic``: MRML nodes in, anomaly map / label map / slice-score table and chart out.
+
+Needs only MRML (``slicer-core`` suffices): no ``slicer.app``, no ``slicer.mrmlScene``. Outputs go into the input
+volume's own scene. A run has three steps so the widget can keep Slicer responsive: :meth:`prepare` (main thread:
+nodes -> images, bundle loaded), :meth:`DetectionJob.run` (any thread: only the core, no MRML), :meth:`apply` (main
+thread: results -> nodes). Nothing is created or changed in the scene before :meth:`apply`, so a cancelled or failed
+run leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.inference import Detection, ProgressCallback, detect, label_from_map
+
+from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
+from .modality import modalityWarning
+
+log = logging.getLogger(__name__)
+
+# Node reference roles on the input volume pointing at its latest outputs, so a second run reuses them.
+REFERENCE_ROLES = {"map": "MedicalAnomalyDetection.anomalyMap", "label": "MedicalAnomalyDetection.anomalyLabel",
+                   "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart"}
+SLICE_AXIS_ATTRIBUTE = "MedicalAnomalyDetection.sliceAxis"
+HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
+SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
+
+
+@dataclass
+class DetectionJob:
+    """Everything one detection needs, already converted away from MRML; :meth:`run` is safe on a worker thread."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    image: sitk.Image
+    mask: sitk.Image | None
+    bundle: Bundle
+    device: str
+    threshold: float | None
+    maskNode: slicer.vtkMRMLNode | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Detection:
+        """Run the core; raises ``Cancelled`` when ``cancel()`` turns True and ``InputError`` for unusable input."""
+        return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
+                      progress=progress, cancel=cancel)
+
+
+@dataclass
+class DetectionOutputs:
+    """The nodes a run wrote and what the result box shows."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    anomalyMap: slicer.vtkMRMLScalarVolumeNode
+    anomalyLabel: slicer.vtkMRMLLabelMapVolumeNode
+    sliceTable: slicer.vtkMRMLTableNode
+    chart: slicer.vtkMRMLPlotChartNode
+    model: str
+    device: str
+    seconds: float
+    threshold: float
+    volumeScore: float
+    sliceThreshold: float | None
+    sliceAxis: int
+    mostAnomalousSlice: int  # input IJK index along sliceAxis
+    anomalousVoxels: int
+    flaggedSlices: int  # slices scoring at least sliceThreshold (which flags 5 % of healthy validation slices)
+    warnings: list[str]
+
+
+class MedicalAnomalyDetectionLogic:
+    """Runs a model bundle on a volume node and keeps the result nodes up to date. See the module help for an
+    example from the Python console."""
+
+    def __init__(self) -> None:
+        self.lastOutputs: DetectionOutputs | None = None
+
+    def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
+                brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto", threshold: float | None = None,
+                outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
+                outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
+                outputTable: slicer.vtkMRMLTableNode | None = None, progress: ProgressCallback | None = None,
+                cancel: Callable[[], bool] | None = None) -> DetectionOutputs:
+        """Detect anomalies in ``inputVolume`` synchronously; ``model`` is a bundled model's name or a bundle folder,
+        ``device`` auto/cpu/cuda, ``threshold`` defaults to the card's. Missing outputs are reused from the previous
+        run on this input, else created."""
+        job = self.prepare(inputVolume, model, brainMask, device, threshold)
+        detection = job.run(progress, cancel)
+        return self.apply(job, detection, outputMap, outputLabel, outputTable)
+
+    def prepare(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
+                brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto",
+                threshold: float | None = None) -> DetectionJob:
+        """Check the inputs, copy them out of MRML and load the bundle; touches nothing in the scene for good."""
+        if not isinstance(inputVolume, slicer.vtkMRMLScalarVolumeNode) or isinstance(
+                inputVolume, slicer.vtkMRMLLabelMapVolumeNode):
+            raise InputError("input must be a scalar MRI volume (not a label map, segmentation or empty selection)")
+        if inputVolume.GetScene() is None:
+            raise InputError(f"input volume {inputVolume.GetName()} is not in a scene")
+        if device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
+        bundle = load_bundle(model)
+        image = imageFromVolume(inputVolume)
+        mask = maskFromNode(brainMask, inputVolume) if brainMask is not None else None
+        warning = modalityWarning(inputVolume, bundle.card.modality)
+        if warning:
+            log.warning(warning)
+        return DetectionJob(inputVolume=inputVolume, image=image, mask=mask, bundle=bundle, device=device,
+                            threshold=threshold, maskNode=brainMask, warnings=[warning] if warning else [])
+
+    def apply(self, job: DetectionJob, detection: Detection,
+              outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
+              outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
+              outputTable: slicer.vtkMRMLTableNode | None = None) -> DetectionOutputs:
+        """Write ``detection`` into (reused or new) output nodes beside the input; main thread only. An output that
+        is the input volume or the brain mask is refused before anything is written."""
+        inputVolume = job.inputVolume
+        for given in (outputMap, outputLabel, outputTable):
+            if given is not None and given in (inputVolume, job.maskNode):
+                raise InputError(f"output {given.GetName()} is an input of this run; choose or create another node")
+        name = inputVolume.GetName()
+        anomalyMap = self._outputNode(inputVolume, "map", outputMap, "vtkMRMLScalarVolumeNode",
+                                      f"{name} anomaly map")
+        anomalyLabel = self._outputNode(inputVolume, "label", outputLabel, "vtkMRMLLabelMapVolumeNode",
+                                        f"{name} anomalies")
+        table = self._outputNode(inputVolume, "table", outputTable, "vtkMRMLTableNode", f"{name} slice scores")
+        chart = self._outputNode(inputVolume, "chart", None, "vtkMRMLPlotChartNode", f"{name} slice scores")
+
+        updateVolumeFromImage(anomalyMap, detection.anomaly_map, inputVolume)
+        updateVolumeFromImage(anomalyLabel, detection.label_map, inputVolume)
+        self._showMap(anomalyMap, detection.threshold)
+        anomalyLabel.CreateDefaultDisplayNodes()
+        labelArray = sitk.GetArrayViewFromImage(detection.label_map)
+        order = np.argsort(detection.slice_index, kind="stable")
+        self._writeTable(table, detection.slice_index[order], detection.slice_scores[order],
+                         _voxelsPerSlice(labelArray, detection.slice_axis, detection.slice_index[order]))
+        table.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(detection.slice_axis))
+        self._plot(chart, table, name)
+        self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart))
+
+        card = job.bundle.card
+        self.lastOutputs = DetectionOutputs(
+            inputVolume=inputVolume, anomalyMap=anomalyMap, anomalyLabel=anomalyLabel, sliceTable=table,
+            chart=chart, model=detection.model, device=detection.device, seconds=detection.seconds,
+            threshold=detection.threshold, volumeScore=float(detection.volume_score),
+            sliceThreshold=card.thresholds.get("slice"), sliceAxis=detection.slice_axis,
+            mostAnomalousSlice=detection.most_anomalous_slice,
+            anomalousVoxels=int(labelArray.sum()), flaggedSlices=detection.flagged_slices(card.thresholds.get("slice")),
+            warnings=list(job.warnings))
+        return self.lastOutputs
+
+    def relabel(self, threshold: float) -> DetectionOutputs:
+        """Re-threshold the last anomaly map into its label map (and the table's voxel counts) without re-running
+        the model."""
+        outputs = self.lastOutputs
+        if outputs is None or outputs.anomalyMap.GetScene() is None or outputs.anomalyLabel.GetScene() is None:
+            raise InputError("no anomaly map to re-threshold; run Detect first")
+        label = label_from_map(imageFromVolume(outputs.anomalyMap), threshold)
+        updateVolumeFromImage(outputs.anomalyLabel, label, outputs.inputVolume)
+        labelArray = sitk.GetArrayViewFromImage(label)
+        table = outputs.sliceTable
+        if table.GetScene() is not None:
+            slices = slicer.util.arrayFromTableColumn(table, SLICE_COLUMN).astype(int)
+            self._writeTable(table, slices, slicer.util.arrayFromTableColumn(table, SCORE_COLUMN).copy(),
+                             _voxelsPerSlice(labelArray, outputs.sliceAxis, slices))
+        self._showMap(outputs.anomalyMap, threshold)
+        outputs.threshold = float(threshold)
+        outputs.anomalousVoxels = int(labelArray.sum())
+        return outputs
+
+    @staticmethod
+    def sliceCenterRAS(volume: slicer.vtkMRMLVolumeNode, axis: int, index: int) -> tuple[float, float, float]:
+        """RAS position of the centre of slice ``index`` along IJK ``axis`` (e.g. to jump views to a slice)."""
+        ijk = [(n - 1) / 2.0 for n in volume.GetImageData().GetDimensions()]
+        ijk[axis] = float(index)
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        ras = matrix.MultiplyPoint([*ijk, 1.0])
+        return float(ras[0]), float(ras[1]), float(ras[2])
+
+    @staticmethod
+    def _outputNode(inputVolume: slicer.vtkMRMLScalarVolumeNode, role: str, given: slicer.vtkMRMLNode | None,
+                    className: str, name: str) -> slicer.vtkMRMLNode:
+        """The given node, else the previous run's (if still in the scene), else a new one; remembered on the input."""
+        node = given or inputVolume.GetNodeReference(REFERENCE_ROLES[role])
+        if node is None or node.GetScene() is None:
+            node = inputVolume.GetScene().AddNewNodeByClass(className, inputVolume.GetScene().GenerateUniqueName(name))
+        inputVolume.SetNodeReferenceID(REFERENCE_ROLES[role], node.GetID())
+        return node
+
+    @staticmethod
+    def _showMap(anomalyMap: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        """Heat colours from 0 to twice the threshold; values under half the threshold drawn transparent."""
+        anomalyMap.CreateDefaultDisplayNodes()
+        display = anomalyMap.GetDisplayNode()
+        if anomalyMap.GetScene().GetNodeByID(HEAT_COLOR_NODE_ID) is not None:
+            display.SetAndObserveColorNodeID(HEAT_COLOR_NODE_ID)
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 2.0 * threshold)
+        display.AutoThresholdOff()
+        highest = float(anomalyMap.GetImageData().GetScalarRange()[1])
+        display.SetThreshold(0.5 * threshold, max(2.0 * threshold, highest))
+        display.ApplyThresholdOn()
+
+    @staticmethod
+    def _writeTable(table: slicer.vtkMRMLTableNode, slices: np.ndarray, scores: np.ndarray,
+                    voxels: np.ndarray) -> None:
+        slicer.util.updateTableFromArray(
+            table, [slices.astype(np.int32), scores.astype(np.float64), voxels.astype(np.int32)],
+            [SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN])
+
+    @staticmethod
+    def _plot(chart: slicer.vtkMRMLPlotChartNode, table: slicer.vtkMRMLTableNode, name: str) -> None:
+        """One line series of score over slice index in ``chart`` (its existing series reused)."""
+        series = chart.GetNthPlotSeriesNode(0)
+        if series is None:
+            series = chart.GetScene().AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} slice scores")
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(SLICE_COLUMN)
+        series.SetYColumnName(SCORE_COLUMN)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        chart.SetTitle(f"Anomaly score per slice: {name}")
+        chart.SetXAxisTitle("slice index")
+        chart.SetYAxisTitle("anomaly score")
+        chart.SetLegendVisibility(False)
+
+    @staticmethod
+    def _placeBeside(inputVolume: slicer.vtkMRMLNode, outputs: tuple[slicer.vtkMRMLNode, ...]) -> None:
+        """Put ``outputs`` in the input's subject hierarchy folder/study (the scene root if it has none)."""
+        hierarchy = inputVolume.GetScene().GetSubjectHierarchyNode()
+        inputItem = hierarchy.GetItemByDataNode(inputVolume)
+        parent = hierarchy.GetItemParent(inputItem) if inputItem else hierarchy.GetSceneItemID()
+        for node in outputs:
+            item = hierarchy.GetItemByDataNode(node)
+            if item:
+                hierarchy.SetItemParent(item, parent)
+            else:
+                hierarchy.CreateItem(parent, node)
+
+
+def _voxelsPerSlice(labelArray: np.ndarray, axis: int, slices: np.ndarray) -> np.ndarray:
+    """Anomalous voxel count of each input slice ``slices`` along IJK ``axis`` (numpy axes are K, J, I)."""
+    counts = labelArray.sum(axis=tuple(a for a in range(3) if a != 2 - axis))
+    return counts[slices]

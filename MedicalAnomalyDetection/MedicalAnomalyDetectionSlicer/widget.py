@@ -1,0 +1,245 @@
+"""The module panel (needs a running Slicer): choose a volume and a model, click Detect, see and tune the anomalies.
+
+Detection runs in a :class:`~MedicalAnomalyDetectionSlicer.worker.DetectionWorker` thread polled by a ``qt.QTimer``;
+Detect turns into Cancel meanwhile. The threshold slider only re-labels the last map (no network run).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+import qt
+import slicer
+import vtk
+from slicer.util import VTKObservationMixin
+
+from MedicalAnomalyDetectionLib.bundle import list_bundled_models, load_bundle
+from MedicalAnomalyDetectionLib.errors import InputError
+
+from . import resourcePath
+from .logic import DetectionOutputs, MedicalAnomalyDetectionLogic
+from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
+from .worker import DetectionWorker
+
+LOAD_BUNDLE_TEXT = "Load model bundle…"
+POLL_MS = 100
+RELABEL_DELAY_MS = 150
+
+
+class MedicalAnomalyDetectionPanel(VTKObservationMixin):
+    """Builds the panel from ``Resources/UI/MedicalAnomalyDetection.ui`` and drives the logic; ``widget`` is the
+    Qt widget the module adds to its layout."""
+
+    def __init__(self) -> None:
+        VTKObservationMixin.__init__(self)
+        self.widget = slicer.util.loadUI(str(resourcePath("UI", "MedicalAnomalyDetection.ui")))
+        self.ui = slicer.util.childWidgetVariables(self.widget)
+        self.widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedicalAnomalyDetectionLogic()
+        self.worker: DetectionWorker | None = None
+        self._parameterNode: MedicalAnomalyDetectionParameterNode | None = None
+        self._guiTag = None
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_MS)
+        self._pollTimer.connect("timeout()", self._poll)
+        self._relabelTimer = qt.QTimer()
+        self._relabelTimer.setSingleShot(True)
+        self._relabelTimer.setInterval(RELABEL_DELAY_MS)
+        self._relabelTimer.connect("timeout()", self._relabel)
+
+        self._fillModels()
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
+        self.ui.detectButton.connect("clicked(bool)", self._onDetectOrCancel)
+        self.ui.thresholdSlider.connect("valueChanged(double)", lambda value: self._relabelTimer.start())
+        self.ui.goToSliceButton.connect("clicked(bool)", self._goToMostAnomalousSlice)
+        self.ui.showChartButton.connect("clicked(bool)", self._showChart)
+        self.ui.progressBar.hide()
+        self.ui.resultsCollapsibleButton.collapsed = True
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *args: self.enter())
+        self.enter()
+
+    # Module life cycle -------------------------------------------------------------------------------------------
+
+    def enter(self) -> None:
+        """(Re)connect the panel to the scene's parameter node."""
+        self._setParameterNode(parameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def exit(self) -> None:
+        self._setParameterNode(None)
+
+    def cleanup(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        self._pollTimer.stop()
+        self._setParameterNode(None)
+        self.removeObservers()
+
+    def _setParameterNode(self, node: MedicalAnomalyDetectionParameterNode | None) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateState)
+        self._parameterNode = node
+        if node is not None:
+            self._selectModel(node.model)
+            self._guiTag = node.connectGui(self.ui)
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._updateState)
+            self._updateState()
+
+    def _onSceneStartClose(self, caller, event) -> None:
+        if self.worker is not None:  # its result would land in a closed scene
+            self.worker.cancel()
+        self._setParameterNode(None)
+
+    # Models ------------------------------------------------------------------------------------------------------
+
+    def _fillModels(self) -> None:
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for card in list_bundled_models():
+            combo.addItem(card.name, card.name)
+            combo.setItemData(combo.count - 1, f"{card.method} model for {card.modality.upper()} MRI, "
+                                               f"version {card.version}", qt.Qt.ToolTipRole)
+        combo.addItem(LOAD_BUNDLE_TEXT, "")
+
+    def _selectModel(self, model: str) -> None:
+        combo = self.ui.modelComboBox
+        index = combo.findData(model)
+        if index < 0 and Path(model).is_dir():
+            combo.insertItem(combo.count - 1, Path(model).name, model)
+            index = combo.count - 2
+        combo.setCurrentIndex(max(index, 0))
+
+    def _onModelChanged(self, index: int) -> None:
+        combo = self.ui.modelComboBox
+        if combo.itemText(index) == LOAD_BUNDLE_TEXT:
+            folder = qt.QFileDialog.getExistingDirectory(self.widget, "Choose a model bundle folder (with card.json)")
+            previous = self._parameterNode.model if self._parameterNode else ""
+            self._selectModel(folder or previous)
+            return
+        model = combo.itemData(index)
+        try:
+            card = load_bundle(model).card
+        except InputError as error:
+            slicer.util.errorDisplay(f"Cannot use this model bundle: {error}")
+            return
+        self.ui.modelInfoLabel.text = (f"{card.method}, {card.modality.upper()}, {card.preprocessing.plane} slices; "
+                                       f"weights licence: {card.licence.get('weights', 'unknown')}")
+        threshold = card.thresholds.get("pixel")
+        if threshold:
+            slider = self.ui.thresholdSlider
+            slider.maximum = 3.0 * threshold
+            slider.minimum = threshold / 100.0
+            slider.singleStep = threshold / 100.0
+        p = self._parameterNode
+        if p is not None:  # a new model starts at its calibrated threshold; re-entering keeps the user's
+            with slicer.util.NodeModify(p):
+                if threshold and (model != p.model or p.threshold == 0.0):
+                    p.threshold = float(threshold)
+                p.model = model
+
+    # Detect / cancel -----------------------------------------------------------------------------------------------
+
+    def _updateState(self, caller=None, event=None) -> None:
+        """Detect is possible with an input volume and a model; while running the button cancels."""
+        if self.worker is not None:
+            self.ui.detectButton.text = "Cancel"
+            self.ui.detectButton.enabled = True
+            return
+        ready = self._parameterNode is not None and self._parameterNode.inputVolume is not None
+        self.ui.detectButton.text = "Detect"
+        self.ui.detectButton.enabled = ready
+        self.ui.detectButton.toolTip = "Find anomalies in the input volume" if ready else "Select an input volume"
+
+    def _onDetectOrCancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.ui.statusLabel.text = "Cancelling…"
+            return
+        p = self._parameterNode
+        try:
+            job = self.logic.prepare(p.inputVolume, p.model, p.brainMask, DEVICES[p.device], p.threshold or None)
+        except InputError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.worker = DetectionWorker(job)
+        self.worker.start()
+        self.ui.statusLabel.text = "\n".join(job.warnings)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self._updateState()
+        self._pollTimer.start()
+
+    def _poll(self) -> None:
+        worker = self.worker
+        fraction, stage = worker.progress
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = f"{stage}: %p%"
+        if not worker.done:
+            return
+        self._pollTimer.stop()
+        self.worker = None
+        self.ui.progressBar.hide()
+        self._updateState()
+        if worker.cancelled:
+            self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+        elif isinstance(worker.error, InputError):
+            slicer.util.errorDisplay(str(worker.error))
+        elif worker.error is not None:
+            details = "".join(traceback.format_exception(worker.error))
+            logging.error(details)
+            slicer.util.errorDisplay(f"Detection failed: {worker.error}", detailedText=details)
+        elif self._parameterNode is not None:
+            self._show(self.logic.apply(worker.job, worker.result, self._parameterNode.outputMap,
+                                        self._parameterNode.outputLabel, self._parameterNode.outputTable))
+
+    def _show(self, outputs: DetectionOutputs) -> None:
+        """Remember the outputs, overlay them on the input and fill the result box."""
+        with slicer.util.NodeModify(self._parameterNode):
+            self._parameterNode.outputMap = outputs.anomalyMap
+            self._parameterNode.outputLabel = outputs.anomalyLabel
+            self._parameterNode.outputTable = outputs.sliceTable
+        slicer.util.setSliceViewerLayers(background=outputs.inputVolume, foreground=outputs.anomalyMap,
+                                         foregroundOpacity=0.5, label=outputs.anomalyLabel, fit=False)
+        self._fillResults(outputs)
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def _fillResults(self, outputs: DetectionOutputs) -> None:
+        flagged = "" if outputs.sliceThreshold is None else (
+            f" ({outputs.flaggedSlices} slices above the model's slice threshold)")
+        self.ui.volumeScoreLabel.text = f"{outputs.volumeScore:.3g}{flagged}"
+        self.ui.anomalousVoxelsLabel.text = f"{outputs.anomalousVoxels} voxels at threshold {outputs.threshold:.3g}"
+        self.ui.deviceUsedLabel.text = f"{outputs.device.upper()}, {outputs.seconds:.1f} s, model {outputs.model}"
+        self.ui.goToSliceButton.text = f"Go to most anomalous slice ({outputs.mostAnomalousSlice})"
+        self.ui.statusLabel.text = "\n".join(outputs.warnings)
+
+    # Results -------------------------------------------------------------------------------------------------------
+
+    def _currentOutputs(self) -> DetectionOutputs | None:
+        outputs = self.logic.lastOutputs
+        if outputs is None or self._parameterNode is None or outputs.inputVolume is not self._parameterNode.inputVolume:
+            return None
+        return outputs
+
+    def _relabel(self) -> None:
+        if self._currentOutputs() is None or self.worker is not None:
+            return
+        try:
+            self._fillResults(self.logic.relabel(self.ui.thresholdSlider.value))
+        except InputError as error:
+            self.ui.statusLabel.text = str(error)
+
+    def _goToMostAnomalousSlice(self) -> None:
+        outputs = self._currentOutputs()
+        if outputs is not None:
+            ras = self.logic.sliceCenterRAS(outputs.inputVolume, outputs.sliceAxis, outputs.mostAnomalousSlice)
+            slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
+
+    def _showChart(self) -> None:
+        outputs = self._currentOutputs()
+        if outputs is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(outputs.chart)

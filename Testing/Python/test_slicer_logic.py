@@ -1,0 +1,277 @@
+"""The Slicer module's Logic against a real MRML scene from the ``slicer-core`` wheel (skipped without it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer")
+
+from conftest import head_array, make_image  # noqa: E402
+from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids  # noqa: E402
+
+from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
+from MedicalAnomalyDetectionLib.inference import Cancelled, detect  # noqa: E402
+from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume  # noqa: E402
+from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
+                                                 SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)
+from MedicalAnomalyDetectionSlicer.modality import describedModalities  # noqa: E402
+from MedicalAnomalyDetectionSlicer.worker import DetectionWorker  # noqa: E402
+
+# An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
+LPS_AXES = np.diag([-1.0, -1.0, 1.0])
+ORIGIN_RAS = (90.0, 120.0, -30.0)
+BLOB = (12, 20, 26)  # K, J, I of the bright cube in head_array()
+
+
+@pytest.fixture
+def scene():
+    scene, colours = new_scene()
+    yield scene
+    del colours
+
+
+@pytest.fixture
+def volume(scene):
+    return add_volume(scene, head_array(), "FLAIR axial", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES)
+
+
+def _mask_array(shape=(24, 40, 40)) -> np.ndarray:
+    return (head_array(shape, blob=None) > 0).astype(np.uint8)
+
+
+def _array(node) -> np.ndarray:
+    return slicer.util.arrayFromVolume(node).copy()
+
+
+def test_conversion_keeps_oblique_geometry(scene):
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    node = add_volume(scene, head_array(), spacing=(1.5, 2.0, 3.0), origin_ras=(10, -20, 5), directions_ras=rotation)
+    image = imageFromVolume(node)
+    ras = ijk_to_ras(node)
+    for ijk in [(0, 0, 0), (39, 0, 0), (5, 17, 23)]:
+        expected_lps = LPS_FROM_RAS @ (ras @ [*ijk, 1.0])[:3]
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(ijk), expected_lps, atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), _array(node))
+
+
+def test_outputs_match_the_core_on_the_input_grid(scene, volume, intensity_bundle):
+    before = _array(volume)
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path)
+
+    np.testing.assert_array_equal(_array(volume), before)
+    for node in (outputs.anomalyMap, outputs.anomalyLabel):
+        np.testing.assert_array_equal(ijk_to_ras(node), ijk_to_ras(volume))
+        assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+
+    # The same volume given to the core directly, with the equivalent LPS geometry.
+    expected = detect(make_image(head_array(), origin=(-90.0, -120.0, -30.0)), intensity_bundle)
+    anomaly = _array(outputs.anomalyMap)
+    np.testing.assert_allclose(anomaly, sitk.GetArrayViewFromImage(expected.anomaly_map), atol=1e-5)
+    label = _array(outputs.anomalyLabel)
+    np.testing.assert_array_equal(label, (anomaly >= intensity_bundle.card.thresholds["pixel"]).astype(np.uint8))
+    assert label.sum() == outputs.anomalousVoxels > 0
+
+    table = outputs.sliceTable
+    slices = slicer.util.arrayFromTableColumn(table, SLICE_COLUMN)
+    order = np.argsort(expected.slice_index)
+    np.testing.assert_array_equal(slices, expected.slice_index[order])
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, SCORE_COLUMN),
+                               expected.slice_scores[order], rtol=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromTableColumn(table, VOXELS_COLUMN),
+                                  label.sum(axis=(1, 2))[slices])
+    assert outputs.chart.GetNthPlotSeriesNode(0).GetTableNodeID() == table.GetID()
+    assert outputs.volumeScore == pytest.approx(expected.volume_score)
+    assert outputs.mostAnomalousSlice == expected.most_anomalous_slice
+    assert abs(outputs.mostAnomalousSlice - BLOB[0]) <= 2  # within the bright cube
+    assert outputs.device == "cpu"
+
+
+def test_lesion_scores_higher_than_the_rest_of_the_head(scene, volume, tiny_bundle_dir):
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=tiny_bundle_dir, device="cpu")
+    anomaly = _array(outputs.anomalyMap)
+    lesion = np.zeros(anomaly.shape, bool)
+    z, y, x = BLOB
+    lesion[z - 2:z + 3, y - 3:y + 4, x - 3:x + 4] = True
+    head = _mask_array() > 0
+    assert anomaly[lesion].mean() > anomaly[head & ~lesion].mean()
+    display = outputs.anomalyMap.GetDisplayNode()
+    assert display.GetColorNodeID() == "vtkMRMLPETProceduralColorNodePET-Heat"
+    assert display.GetWindowLevelMax() == pytest.approx(2 * outputs.threshold)
+
+
+def test_second_run_reuses_the_output_nodes(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    first = logic.process(volume, model=intensity_bundle.path)
+    ids = node_ids(scene)
+    second = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path, threshold=1.5)
+    assert node_ids(scene) == ids
+    assert second.anomalyMap is first.anomalyMap and second.sliceTable is first.sliceTable
+    assert _array(second.anomalyLabel).sum() == second.anomalousVoxels > first.anomalousVoxels
+
+
+def test_given_output_nodes_are_used(scene, volume, intensity_bundle):
+    chosen = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "my map")
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path, outputMap=chosen)
+    assert outputs.anomalyMap is chosen
+    assert volume.GetNodeReference(REFERENCE_ROLES["map"]) is chosen
+
+
+def test_cancel_leaves_the_scene_as_it_was(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    with pytest.raises(Cancelled):
+        logic.process(volume, model=intensity_bundle.path, cancel=lambda: True)
+    assert volume.GetNodeReference(REFERENCE_ROLES["map"]) is None
+
+    outputs = logic.process(volume, model=intensity_bundle.path)
+    ids, previous = node_ids(scene), _array(outputs.anomalyMap)
+    with pytest.raises(Cancelled):
+        logic.process(volume, model=intensity_bundle.path, threshold=9.0, cancel=lambda: True)
+    assert node_ids(scene) == ids
+    np.testing.assert_array_equal(_array(outputs.anomalyMap), previous)
+
+
+def test_cancel_adds_no_node(scene, volume, intensity_bundle):
+    ids = node_ids(scene)
+    with pytest.raises(Cancelled):
+        MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path, cancel=lambda: True)
+    assert node_ids(scene) == ids
+
+
+def test_deleted_output_is_recreated(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    first = logic.process(volume, model=intensity_bundle.path)
+    scene.RemoveNode(first.anomalyLabel)
+    second = logic.process(volume, model=intensity_bundle.path)
+    assert second.anomalyLabel.GetScene() is scene and second.anomalyLabel is not first.anomalyLabel
+    assert second.anomalyMap is first.anomalyMap
+    assert _array(second.anomalyLabel).sum() == second.anomalousVoxels > 0
+
+
+def test_relabel_rethresholds_without_new_nodes(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    outputs = logic.process(volume, model=intensity_bundle.path)
+    ids, anomaly, before = node_ids(scene), _array(outputs.anomalyMap), outputs.anomalousVoxels
+    relabelled = logic.relabel(1.5)
+    label = _array(outputs.anomalyLabel)
+    np.testing.assert_array_equal(label, (anomaly >= 1.5).astype(np.uint8))
+    assert relabelled.anomalousVoxels == label.sum() > before > 0
+    assert relabelled.threshold == 1.5
+    assert slicer.util.arrayFromTableColumn(outputs.sliceTable, VOXELS_COLUMN).sum() == label.sum()
+    assert node_ids(scene) == ids
+    np.testing.assert_array_equal(_array(outputs.anomalyMap), anomaly)
+    with pytest.raises(InputError):
+        logic.relabel(0.0)
+
+
+def test_relabel_before_detect_is_a_clear_error():
+    with pytest.raises(InputError, match="run Detect first"):
+        MedicalAnomalyDetectionLogic().relabel(1.0)
+
+
+def test_label_map_mask_on_another_grid_is_a_clear_error(scene, volume, intensity_bundle):
+    mask = add_volume(scene, _mask_array((24, 40, 40)), "brain", spacing=(2.0, 3.0, 3.0),
+                      directions_ras=LPS_AXES, class_name="vtkMRMLLabelMapVolumeNode")
+    ids = node_ids(scene)
+    with pytest.raises(InputError, match="another grid"):
+        MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path, brainMask=mask)
+    assert node_ids(scene) == ids
+
+
+def test_inputs_are_never_used_as_outputs(scene, volume, intensity_bundle):
+    mask = add_volume(scene, _mask_array(), "brain", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES,
+                      class_name="vtkMRMLLabelMapVolumeNode")
+    volume_before, mask_before, ids = _array(volume).copy(), _array(mask).copy(), node_ids(scene)
+    logic = MedicalAnomalyDetectionLogic()
+    for outputs in ({"outputMap": volume}, {"outputLabel": mask}):
+        with pytest.raises(InputError, match="is an input of this run"):
+            logic.process(volume, model=intensity_bundle.path, brainMask=mask, **outputs)
+    np.testing.assert_array_equal(_array(volume), volume_before)
+    np.testing.assert_array_equal(_array(mask), mask_before)
+    assert node_ids(scene) == ids
+
+
+def test_segmentation_mask_matches_label_map_mask(scene, volume, intensity_bundle):
+    label = add_volume(scene, _mask_array(), "brain", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES,
+                       class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, segmentation)
+    logic = MedicalAnomalyDetectionLogic()
+    with_label = _array(logic.process(volume, model=intensity_bundle.path, brainMask=label).anomalyMap)
+    ids = node_ids(scene)
+    with_segmentation = _array(logic.process(volume, model=intensity_bundle.path, brainMask=segmentation).anomalyMap)
+    assert node_ids(scene) == ids  # the temporary export node and its display/colour nodes are gone
+    np.testing.assert_allclose(with_segmentation, with_label, atol=1e-6)
+
+
+def test_bad_inputs_are_clear_errors(scene, volume, intensity_bundle):
+    label = add_volume(scene, _mask_array(), "brain", class_name="vtkMRMLLabelMapVolumeNode")
+    logic = MedicalAnomalyDetectionLogic()
+    with pytest.raises(InputError, match="not a label map"):
+        logic.process(label, model=intensity_bundle.path)
+    with pytest.raises(InputError, match="device"):
+        logic.process(volume, model=intensity_bundle.path, device="gpu")
+    with pytest.raises(InputError, match="model bundle not found"):
+        logic.process(volume, model="no-such-model")
+    constant = add_volume(scene, np.ones((24, 40, 40), np.float32), "flat")
+    with pytest.raises(InputError, match="constant"):
+        logic.process(constant, model=intensity_bundle.path)
+
+
+def test_outputs_go_beside_the_input_in_the_subject_hierarchy(scene, volume, intensity_bundle):
+    hierarchy = scene.GetSubjectHierarchyNode()
+    study = hierarchy.CreateStudyItem(hierarchy.GetSceneItemID(), "study")
+    hierarchy.CreateItem(study, volume)
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path)
+    for node in (outputs.anomalyMap, outputs.anomalyLabel, outputs.sliceTable, outputs.chart):
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+
+
+def test_outputs_follow_the_input_transform(scene, volume, intensity_bundle):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path)
+    assert outputs.anomalyMap.GetTransformNodeID() == transform.GetID()
+    assert outputs.anomalyLabel.GetTransformNodeID() == transform.GetID()
+
+
+@pytest.mark.parametrize("name, warned", [("T1 MPRAGE", True), ("t2_tse", True), ("FLAIR axial", False),
+                                          ("T2-FLAIR", False), ("volume 7", False)])
+def test_modality_mismatch_is_a_warning(scene, intensity_bundle, name, warned):
+    node = add_volume(scene, head_array(), name)
+    outputs = MedicalAnomalyDetectionLogic().process(node, model=intensity_bundle.path)
+    assert bool(outputs.warnings) is warned
+    if warned:
+        assert "FLAIR" in outputs.warnings[0]
+
+
+def test_described_modalities():
+    assert describedModalities("3: AX T1 POST") == {"t1"}
+    assert describedModalities("t1ce") == {"t1"}
+    assert describedModalities("T10 brain") == set()
+    assert describedModalities("sag 3D FLAIR") == {"flair"}
+
+
+def test_slice_centre_ras(scene, volume):
+    ras = MedicalAnomalyDetectionLogic.sliceCenterRAS(volume, axis=2, index=BLOB[0])
+    # I and J centres at 19.5 voxels of 3 mm towards L and P from the origin; K at slice 12.
+    assert ras == pytest.approx((90.0 - 19.5 * 3, 120.0 - 19.5 * 3, -30.0 + 12 * 3))
+
+
+def test_worker_runs_in_a_thread_and_cancels(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    worker = DetectionWorker(logic.prepare(volume, intensity_bundle.path))
+    worker.start()
+    assert worker.wait(20)
+    assert worker.error is None and worker.progress == (1.0, "done")
+    outputs = logic.apply(worker.job, worker.result)
+    assert _array(outputs.anomalyLabel).sum() == outputs.anomalousVoxels > 0
+
+    ids = node_ids(scene)
+    cancelled = DetectionWorker(logic.prepare(volume, intensity_bundle.path))
+    cancelled.cancel()
+    cancelled.start()
+    assert cancelled.wait(20) and cancelled.cancelled and cancelled.result is None
+    assert node_ids(scene) == ids
