@@ -1,0 +1,22 @@
+"""The Slicer extension's CMake files list every script of the module, so an installed extension is complete."""
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "MedicalAnomalyDetection"
+
+
+def test_every_module_script_is_in_the_build():
+    listed = set(re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", (MODULE / "CMakeLists.txt").read_text(),
+                           re.S).group(1).split())
+    on_disk = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert {s.replace("${MODULE_NAME}", "MedicalAnomalyDetection") for s in listed} == on_disk
+
+
+def test_extension_metadata_and_pytorch_dependency():
+    text = (REPO / "CMakeLists.txt").read_text()
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf"set\(EXTENSION_{field} \S", text), field
+    assert re.search(r"set\(EXTENSION_DEPENDS PyTorch\)", text)
+    assert "add_subdirectory(MedicalAnomalyDetection)" in text
