@@ -9,6 +9,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 
 from MedicalAnomalyDetectionSlicer import resourcePath
 from MedicalAnomalyDetectionSlicer.dependencies import ensureTorch
+from MedicalAnomalyDetectionSlicer.sample_data import registerSampleData
 
 
 class MedicalAnomalyDetection(ScriptedLoadableModule):
@@ -35,6 +36,7 @@ print(outputs.volumeScore, outputs.mostAnomalousSlice, outputs.anomalousVoxels)
         self.parent.acknowledgementText = """
 Sample case: MSLUB patient 19 (Lesjak et al., Neuroinformatics 2017, CC BY).
 """
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 class MedicalAnomalyDetectionWidget(ScriptedLoadableModuleWidget):

@@ -20,3 +20,15 @@ def test_extension_metadata_and_pytorch_dependency():
         assert re.search(rf"set\(EXTENSION_{field} \S", text), field
     assert re.search(r"set\(EXTENSION_DEPENDS PyTorch\)", text)
     assert "add_subdirectory(MedicalAnomalyDetection)" in text
+
+
+def test_sample_data_checksums_match_the_bundled_files():
+    import hashlib
+    import sys
+
+    sys.path.insert(0, str(MODULE))
+    from MedicalAnomalyDetectionSlicer.sample_data import SAMPLE_FILES, SAMPLE_FOLDER
+
+    folder = REPO.joinpath("Resources", *SAMPLE_FOLDER)
+    for name, (_, checksum) in SAMPLE_FILES.items():
+        assert checksum == "SHA256:" + hashlib.sha256((folder / name).read_bytes()).hexdigest(), name

@@ -21,8 +21,9 @@ What the paper fixes, and what we chose where it is silent (the model card repea
 * **Optional uncertainty head** (``uncertainty``, our addition, off in the paper's setting): R also predicts a
   per-pixel log-variance s of its in-painting error, trained with the Gaussian negative log-likelihood of the
   detached residual (weight ``uncertainty_weight``), so R's mean follows the paper's losses. The map is then the
-  residual divided by sigma = exp(s / 2): a z-score that discounts what healthy anatomy makes hard to in-paint
-  (cortex, ventricle borders, the ends of the brain) -- the learned form of dividing focal by diffuse error.
+  residual divided by sigma (the root of the mean predicted variance over the passes): roughly a z-score, which
+  discounts what healthy anatomy makes hard to in-paint (cortex, ventricle borders, the ends of the brain) -- the
+  learned form of dividing focal by diffuse error.
 """
 
 from __future__ import annotations
