@@ -1,4 +1,4 @@
-"""``python -m training {prepare,fit,export,calibrate,evaluate,bench,render,table}``: from healthy data to a calibrated,
+"""``python -m training {prepare,fit,export,calibrate,evaluate,compare,bench,render,table}``: from healthy data to a calibrated,
 evaluated model bundle. Each command prints what it wrote; the model card records the commands that made it."""
 
 from __future__ import annotations
@@ -33,26 +33,44 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.methods.alocc import ALOCCConfig
+    from MedicalAnomalyDetectionLib.methods.autoencoder import AutoencoderConfig
+    from MedicalAnomalyDetectionLib.methods.ocsvm import OCSVMConfig
     from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig
     from MedicalAnomalyDetectionLib.methods.runtime import choose_device
     from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
-    from .patchgan_fit import FitSettings, fit_patchgan
+    from .baselines_fit import alocc_trainee, autoencoder_trainee, fit_ocsvm
+    from .loop import FitSettings, train
+    from .patchgan_fit import patchgan_trainee
     from .slice_set import SliceSet
 
-    if args.method != "patchgan":
-        raise InputError(f"fit supports the learned methods (patchgan), not {args.method!r}")
     data = SliceSet.load(args.data)
-    config = PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
-                            ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
-                            uncertainty=args.uncertainty)
     settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
-    record = fit_patchgan(data, config, settings, args.run_dir, choose_device(args.device), resume=args.resume,
-                          stop_after=args.stop_after)
+    device = choose_device(args.device)
+    autoencoder = AutoencoderConfig(widths=tuple(args.widths), sign=args.sign)
+    if args.method == "ocsvm":
+        record = fit_ocsvm(data, OCSVMConfig(patch=args.hole, patch_grid=min(8, args.hole)), args.run_dir,
+                           seed=args.seed)
+    else:
+        trainee = {
+            "patchgan": lambda: patchgan_trainee(
+                PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
+                               ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
+                               uncertainty=args.uncertainty), settings, device),
+            "ae": lambda: autoencoder_trainee(autoencoder, settings, device),
+            "alocc": lambda: alocc_trainee(ALOCCConfig(reconstructor=autoencoder), settings, device),
+        }[args.method]()
+        record = train(trainee, data, settings, args.run_dir, device, resume=args.resume, stop_after=args.stop_after)
     record.update(source=data.source, command=_command_line())
     (args.run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{args.run_dir}: {record['epochs_done']}/{settings.epochs} epochs on {record['slices']} slices, "
-          f"{record['seconds']} s")
+    print(f"{args.run_dir}: {args.method}, {record['epochs_done']}/{record['settings']['epochs']} epochs on "
+          f"{record['slices']} slices, {record['seconds']} s")
+
+
+# The modules of a run's checkpoint that go into a bundle, per method (discriminators only where scoring uses them).
+EXPORTED_MODULES = {"patchgan": ("reconstructor",), "ae": ("autoencoder",), "alocc": ("reconstructor", "discriminator"),
+                    "ocsvm": ("slice_svm", "patch_svm")}
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -76,11 +94,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         run = json.loads((args.run / "run.json").read_text())
         checkpoint = torch.load(args.run / "checkpoint.pt", map_location="cpu", weights_only=True)
-        state = {f"reconstructor.{k}": v for k, v in checkpoint["reconstructor"].items()}
+        state = {f"{name}.{key}": value for name in EXPORTED_MODULES[run["method"]]
+                 for key, value in checkpoint["modules"][name].items()}
         source = run["source"]
         non_commercial = "NC" in source["licence"]
         card = ModelCard(
-            name=args.name, method="patchgan", version=__version__, modality=source["modality"],
+            name=args.name, method=run["method"], version=__version__, modality=source["modality"],
             preprocessing=Preprocessing.from_dict(source["preprocessing"]), hyperparameters=run["config"],
             training={"data": f"{source['dataset']} {source['split']} ({source['cases']} cases, "
                               f"{run['slices']} healthy slices)",
@@ -178,6 +197,15 @@ def cmd_render(args: argparse.Namespace) -> None:
     print(f"{args.out} written")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.methods.runtime import choose_device
+
+    from .compare import compare
+
+    compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards)
+    print(f"{args.out}: comparison.md, comparison.json and figures written")
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from .results_table import markdown_table
 
@@ -205,15 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("fit", help="train a method on a prepared slice cache")
-    p.add_argument("--method", default="patchgan")
+    p.add_argument("--method", default="patchgan", choices=("patchgan", "ae", "alocc", "ocsvm"))
     p.add_argument("--data", type=Path, required=True, help=".npz written by `prepare`")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
-    p.add_argument("--hole", type=int, default=32, help="hole (and ranking patch) size in pixels")
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="network widths per level")
+    p.add_argument("--hole", type=int, default=32,
+                   help="patch size in pixels: Patch-GAN holes and ranking patches, OCSVM patches")
     p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
     p.add_argument("--uncertainty", action="store_true",
                    help="add the log-variance head; maps become residual / predicted sigma")
@@ -222,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("export", help="write a model bundle (weights + card) from a run, or a baseline's card")
-    p.add_argument("--method", default="patchgan", choices=("patchgan", "intensity"))
+    p = sub.add_parser("export", help="write a model bundle (weights + card) from a run, or the intensity baseline's")
+    p.add_argument("--method", default="run", choices=("run", "intensity"),
+                   help="run: the method of the --run folder; intensity: the weight-free baseline")
     p.add_argument("--run", type=Path, help="run folder of `fit` (learned methods)")
     p.add_argument("--name", required=True)
     p.add_argument("--modality", help="(intensity) modality the bundle is for")
@@ -263,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, help="reference lesion mask to outline too")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("compare", help="every model on the same test splits: table (md, json), ROC and score plots")
+    p.add_argument("--models", nargs="+", required=True, help="bundle names or folders")
+    p.add_argument("--data-root", type=Path, required=True, help="folder holding the datasets")
+    p.add_argument("--datasets", nargs="+", default=["lgg_flair", "brats2013", "mslub"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--update-cards", action="store_true", help="store each model's metrics in its card")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("table", help="markdown table of the metrics stored in the bundled model cards")
     p.set_defaults(func=cmd_table)

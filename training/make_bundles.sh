@@ -14,7 +14,14 @@ $fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair --epochs 600
 $fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair-paper --epochs 600 --sign positive
 $fit --data cache/ixi_t1_train.npz --run-dir runs/patchgan-t1 --epochs 100 --sign absolute --uncertainty
 
-for model in patchgan-flair patchgan-flair-paper patchgan-t1; do
+# the paper's baselines (issue "The paper's comparison"): on this 2-core CPU, OCSVM < 1 s, AE ~4 min, ALOCC ~9 min
+python -m training fit --method ocsvm --data cache/lgg_flair_train.npz --run-dir runs/ocsvm-flair --seed 0
+python -m training fit --method ae --data cache/lgg_flair_train.npz --run-dir runs/ae-flair --epochs 40 --lr 1e-3 \
+    --seed 0 --device cpu
+python -m training fit --method alocc --data cache/lgg_flair_train.npz --run-dir runs/alocc-flair --epochs 40 \
+    --seed 0 --device cpu
+
+for model in patchgan-flair patchgan-flair-paper patchgan-t1 ocsvm-flair ae-flair alocc-flair; do
     python -m training export --run runs/$model --name $model --out $MODELS/$model
 done
 python -m training export --method intensity --name intensity-flair --modality flair --sign positive \
@@ -22,7 +29,7 @@ python -m training export --method intensity --name intensity-flair --modality f
 python -m training export --method intensity --name intensity-t1 --modality t1 --sign negative --out $MODELS/intensity-t1
 
 evaluate="python -m training evaluate --split test --device cpu --update-card"
-for model in patchgan-flair patchgan-flair-paper intensity-flair; do
+for model in patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair; do
     python -m training calibrate --model $model --dataset "$DATA/lgg_flair" --split val --device cpu
     for dataset in lgg_flair brats2013 mslub; do
         $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
@@ -39,6 +46,9 @@ for model in patchgan-t1 intensity-t1; do
         $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
     done
 done
+# the paper's Table 1 and 2, Figs. 3 and 6 on our data (also stores each model's metrics in its card)
+python -m training compare --models patchgan-flair patchgan-flair-paper alocc-flair ocsvm-flair ae-flair \
+    intensity-flair --data-root "$DATA" --out docs/comparison --device cpu --update-cards
 for model in patchgan-flair patchgan-t1; do
     python -m training bench --model $model --device cpu --update-card
 done

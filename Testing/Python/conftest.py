@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -71,3 +73,23 @@ def intensity_bundle(tmp_path):
     card.preprocessing = Preprocessing(plane="axial", size=(32, 32), spacing_mm=4.0, normalisation="zscore")
     card.thresholds = {"pixel": 3.0}
     return load_bundle(save_bundle(tmp_path / "intensity", card, None))
+
+
+def _write_case(folder, seed, lesion):
+    folder.mkdir(parents=True)
+    array = head_array(blob=(12, 20, 26) if lesion else None, seed=seed)
+    sitk.WriteImage(make_image(array), str(folder / "flair.nii.gz"))
+    sitk.WriteImage(make_image((array > 0).astype(np.uint8)), str(folder / "brain.nii.gz"))
+    sitk.WriteImage(make_image((array == 250.0).astype(np.uint8)), str(folder / "lesion.nii.gz"))
+
+
+@pytest.fixture
+def toy_dataset(tmp_path):
+    """A dataset in the layout of ../shared/data: 3 healthy train cases, 1 val, 3 test (2 with a bright lesion)."""
+    root = tmp_path / "toy"
+    splits = {"train": ["t0", "t1", "t2"], "val": ["v0"], "test": ["s0", "s1", "s2"]}
+    for split, cases in splits.items():
+        for i, case in enumerate(cases):
+            _write_case(root / case, seed=sum(map(ord, case)), lesion=split == "test" and i > 0)
+    (root / "dataset.json").write_text(json.dumps({"name": "toy", "licence": "CC BY-NC test", "splits": splits}))
+    return root

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from MedicalAnomalyDetectionLib.methods.patchgan import (PatchDiscriminator, PatchGAN, Reconstructor,
-                                                         checkerboard_holes, inference_holes)
+from MedicalAnomalyDetectionLib.methods.patchgan import (PatchDiscriminator, PatchGAN, checkerboard_holes,
+                                                         inference_holes)
 
 from conftest import TINY_CONFIG
 

@@ -4,43 +4,26 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator, PatchGAN, PatchGANConfig, Reconstructor
 from training.cli import main
-from training.patchgan_fit import FitSettings, fit_patchgan, training_step
+from training.loop import FitSettings, train
+from training.patchgan_fit import patchgan_trainee, training_step
 from training.slice_set import SliceSet
-
-from conftest import head_array, make_image
 
 TINY = ["--size", "32", "--spacing", "4"]
 
 
-def _write_case(folder, seed, lesion):
-    folder.mkdir(parents=True)
-    array = head_array(blob=(12, 20, 26) if lesion else None, seed=seed)
-    sitk.WriteImage(make_image(array), str(folder / "flair.nii.gz"))
-    sitk.WriteImage(make_image((array > 0).astype(np.uint8)), str(folder / "brain.nii.gz"))
-    sitk.WriteImage(make_image((array == 250.0).astype(np.uint8)), str(folder / "lesion.nii.gz"))
+def fit_patchgan(data, config, settings, run_dir, device, **options):
+    return train(patchgan_trainee(config, settings, device), data, settings, run_dir, device, **options)
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    root = tmp_path / "toy"
-    splits = {"train": ["t0", "t1", "t2"], "val": ["v0"], "test": ["s0", "s1", "s2"]}
-    for split, cases in splits.items():
-        for i, case in enumerate(cases):
-            _write_case(root / case, seed=hash(case) % 1000, lesion=split == "test" and i > 0)
-    (root / "dataset.json").write_text(json.dumps({"name": "toy", "licence": "CC BY-NC test", "splits": splits}))
-    return root
-
-
-def test_prepare_fit_resume_export_calibrate_evaluate(dataset, tmp_path):
+def test_prepare_fit_resume_export_calibrate_evaluate(toy_dataset, tmp_path):
     cache, run, bundle_dir, report = (tmp_path / "c.npz", tmp_path / "run", tmp_path / "bundle", tmp_path / "rep")
-    assert main(["prepare", "--dataset", str(dataset), "--modality", "flair", "--out", str(cache), *TINY]) == 0
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(cache), *TINY]) == 0
     data = SliceSet.load(cache)
     assert data.slices.shape[1:] == (32, 32) and len(set(data.case_ids)) == 3
     assert data.source["preprocessing"]["size"] == [32, 32]
@@ -57,11 +40,11 @@ def test_prepare_fit_resume_export_calibrate_evaluate(dataset, tmp_path):
     assert card.licence["non_commercial"] is True and card.training["epochs"] == 2
     assert card.preprocessing.size == (32, 32)
 
-    assert main(["calibrate", "--model", str(bundle_dir), "--dataset", str(dataset), "--device", "cpu"]) == 0
+    assert main(["calibrate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--device", "cpu"]) == 0
     thresholds = load_bundle(bundle_dir).card.thresholds
     assert thresholds["pixel"] > 0 and thresholds["calibrated_on"] == "toy val"
 
-    assert main(["evaluate", "--model", str(bundle_dir), "--dataset", str(dataset), "--out", str(report),
+    assert main(["evaluate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--out", str(report),
                  "--device", "cpu", "--update-card"]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["cases"] == 3 and 0.0 <= metrics["slice_auroc"] <= 1.0
@@ -80,8 +63,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     fit_patchgan(data, config, settings, tmp_path / "straight", torch.device("cpu"))
     fit_patchgan(data, config, settings, tmp_path / "split", torch.device("cpu"), stop_after=1)
     fit_patchgan(data, config, settings, tmp_path / "split", torch.device("cpu"), resume=True)
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["reconstructor"]
-    resumed = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["reconstructor"]
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["modules"]["reconstructor"]
+    resumed = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["modules"]["reconstructor"]
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
 

@@ -6,11 +6,15 @@ import torch
 
 from ..bundle import Bundle
 from ..errors import InputError
+from .alocc import ALOCC
+from .autoencoder import Autoencoder
 from .base import AnomalyMethod, SliceResult
 from .intensity import IntensityBaseline
+from .ocsvm import OneClassSVMMethod
 from .patchgan import PatchGAN
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (PatchGAN, IntensityBaseline)}
+METHODS: dict[str, type] = {cls.name: cls for cls in (PatchGAN, IntensityBaseline, Autoencoder, OneClassSVMMethod,
+                                                      ALOCC)}
 
 __all__ = ["METHODS", "AnomalyMethod", "SliceResult", "build_method"]
 

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bundle import Bundle
-from ..errors import InputError
 from ..scoring import PatchRanking, slice_scores
 from .base import SliceResult
+from .common import load_module, smooth
 from .intensity import signed_residual
 from .runtime import autocast_for
 
@@ -107,20 +107,21 @@ class Reconstructor(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN: (image, hole indicator) -> one real/fake logit per ~32 x 32 patch."""
+    """PatchGAN: input channels (here: image and hole indicator; ALOCC: image alone) -> one real/fake logit per
+    ~32 x 32 patch (receptive field 38 px with three stride-2 layers)."""
 
-    def __init__(self, widths: tuple[int, ...]) -> None:
+    def __init__(self, widths: tuple[int, ...], in_channels: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels = 2
+        channels = in_channels
         for width in widths:
             layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
             channels = width
         layers.append(nn.Conv2d(channels, 1, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, image: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([image, holes], dim=1))
+    def forward(self, *channels: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat(channels, dim=1))
 
 
 def checkerboard_holes(height: int, width: int, hole: int, phase: torch.Tensor, shift_y: torch.Tensor,
@@ -161,14 +162,7 @@ class PatchGAN:
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PatchGAN":
         config = PatchGANConfig.from_dict(bundle.card.hyperparameters)
-        reconstructor = Reconstructor(config.widths, config.uncertainty)
-        state = {k.removeprefix("reconstructor."): v for k, v in (bundle.state_dict or {}).items()
-                 if k.startswith("reconstructor.")}
-        try:
-            reconstructor.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise InputError(f"weights of {bundle.card.name} do not match its model card's network: "
-                             f"{str(error).splitlines()[0][:200]}") from None
+        reconstructor = load_module(Reconstructor(config.widths, config.uncertainty), bundle, "reconstructor")
         return cls(config, reconstructor, device)
 
     @torch.no_grad()
@@ -202,11 +196,7 @@ class PatchGAN:
         residual = signed_residual(slices - reconstruction, self.config.sign) * mask
         if sigma is not None:
             residual = residual / sigma
-        k = self.config.map_smoothing
-        if k > 1:
-            residual = F.avg_pool2d(residual.unsqueeze(1), k, stride=1, padding=k // 2,
-                                    count_include_pad=False).squeeze(1) * mask
-        return residual
+        return smooth(residual, mask, self.config.map_smoothing)
 
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
         slices = slices.to(self.device, torch.float32)

@@ -1,0 +1,73 @@
+"""ALOCC (Sabokrou et al., CVPR 2018) as a baseline: a denoising reconstructor R and a discriminator D trained
+adversarially on healthy slices only.
+
+R is the AE's :class:`ConvAutoencoder`, trained to map x + N(0, 0.155^2) back to x (reconstruction weight 0.2
+beside the adversarial term, as the issue asks). D is the Patch-GAN's :class:`PatchDiscriminator` on the image alone,
+so it judges ~32 x 32 patches. Score as in the paper, D(R(x)): a slice's anomaly score is 1 - mean over its brain
+patches of sigmoid(D(R(x))); the map is that per-patch value (1 - sigmoid(logit)) upsampled to the slice, inside
+the brain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..bundle import Bundle
+from .autoencoder import AutoencoderConfig, ConvAutoencoder
+from .common import load_module, mean_in_mask
+from .base import SliceResult
+from .patchgan import PatchDiscriminator
+from .runtime import autocast_for
+
+
+@dataclass(frozen=True)
+class ALOCCConfig:
+    """Reconstructor (an AE config), discriminator widths and training noise; stored in the card."""
+
+    reconstructor: AutoencoderConfig = AutoencoderConfig()
+    disc_widths: tuple[int, ...] = (32, 64, 128)
+    noise_sigma: float = 0.155
+
+    def to_dict(self) -> dict:
+        return {"reconstructor": self.reconstructor.to_dict(), "disc_widths": list(self.disc_widths),
+                "noise_sigma": self.noise_sigma}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ALOCCConfig":
+        return cls(reconstructor=AutoencoderConfig.from_dict(data["reconstructor"]),
+                   disc_widths=tuple(data["disc_widths"]), noise_sigma=float(data["noise_sigma"]))
+
+
+class ALOCC:
+    """D(R(x)) scoring behind the method interface."""
+
+    name: ClassVar[str] = "alocc"
+
+    def __init__(self, config: ALOCCConfig, reconstructor: ConvAutoencoder, discriminator: PatchDiscriminator,
+                 device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.reconstructor = reconstructor.to(device).eval()
+        self.discriminator = discriminator.to(device).eval()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "ALOCC":
+        config = ALOCCConfig.from_dict(bundle.card.hyperparameters)
+        r = config.reconstructor
+        reconstructor = load_module(ConvAutoencoder(r.widths, r.latent_channels), bundle, "reconstructor")
+        discriminator = load_module(PatchDiscriminator(config.disc_widths, in_channels=1), bundle, "discriminator")
+        return cls(config, reconstructor, discriminator, device)
+
+    @torch.no_grad()
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        x = slices.to(self.device, torch.float32).unsqueeze(1)
+        mask = mask.to(self.device, torch.float32)
+        with autocast_for(self.device):
+            logits = self.discriminator(self.reconstructor(x)).float()
+        abnormal = 1.0 - torch.sigmoid(logits)
+        maps = F.interpolate(abnormal, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1) * mask
+        return SliceResult(maps=maps.cpu(), scores=mean_in_mask(maps, mask).cpu())

@@ -1,0 +1,97 @@
+"""Convolutional autoencoder baseline (the paper's "AE"): trained with L2 reconstruction of healthy slices.
+
+Map = the modality's signed residual x - AE(x), box-smoothed like the Patch-GAN's map; slice score = the mean of the
+map over the slice's brain pixels. The encoder halves the resolution ``len(widths)`` times down to a
+``latent_channels``-channel code (8 x 8 x 16 = 1,024 numbers for a 128 x 128 slice with the defaults), with no skip
+connections, so the code is a real bottleneck. The same network is ALOCC's reconstructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..bundle import Bundle
+from .base import SliceResult
+from .common import load_module, mean_in_mask, smooth
+from .intensity import signed_residual
+from .runtime import autocast_for
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Network and map settings shared by the AE and ALOCC cards."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    latent_channels: int = 16
+    sign: str = "positive"
+    map_smoothing: int = 7
+
+    def to_dict(self) -> dict:
+        return {"widths": list(self.widths), "latent_channels": self.latent_channels, "sign": self.sign,
+                "map_smoothing": self.map_smoothing}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AutoencoderConfig":
+        return cls(widths=tuple(data["widths"]), latent_channels=int(data["latent_channels"]), sign=data["sign"],
+                   map_smoothing=int(data["map_smoothing"]))
+
+
+def _down(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+                         nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.LeakyReLU(0.2, True))
+
+
+def _up(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(channels_in, channels_out, 4, stride=2, padding=1),
+                         nn.LeakyReLU(0.2, True), nn.Conv2d(channels_out, channels_out, 3, padding=1),
+                         nn.LeakyReLU(0.2, True))
+
+
+class ConvAutoencoder(nn.Module):
+    """(B, 1, H, W) -> (B, 1, H, W) through a (B, latent_channels, H / 2^n, W / 2^n) code."""
+
+    def __init__(self, widths: tuple[int, ...], latent_channels: int) -> None:
+        super().__init__()
+        chain = (1, *widths)
+        self.encoder = nn.Sequential(*(_down(a, b) for a, b in zip(chain[:-1], chain[1:])),
+                                     nn.Conv2d(widths[-1], latent_channels, 1))
+        back = (*widths[::-1], widths[0])
+        self.decoder = nn.Sequential(nn.Conv2d(latent_channels, widths[-1], 1), nn.LeakyReLU(0.2, True),
+                                     *(_up(a, b) for a, b in zip(back[:-1], back[1:])),
+                                     nn.Conv2d(widths[0], 1, 1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class Autoencoder:
+    """The AE baseline behind the method interface."""
+
+    name: ClassVar[str] = "ae"
+
+    def __init__(self, config: AutoencoderConfig, network: ConvAutoencoder, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.network = network.to(device).eval()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "Autoencoder":
+        config = AutoencoderConfig.from_dict(bundle.card.hyperparameters)
+        network = load_module(ConvAutoencoder(config.widths, config.latent_channels), bundle, "autoencoder")
+        return cls(config, network, device)
+
+    @torch.no_grad()
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        x = slices.to(self.device, torch.float32)
+        mask = mask.to(self.device, torch.float32)
+        with autocast_for(self.device):
+            reconstruction = self.network(x.unsqueeze(1)).float().squeeze(1)
+        maps = smooth(signed_residual(x - reconstruction, self.config.sign) * mask, mask, self.config.map_smoothing)
+        return SliceResult(maps=maps.cpu(), scores=mean_in_mask(maps, mask).cpu())

@@ -1,0 +1,35 @@
+"""Small pieces the method plug-ins share: loading a network from a bundle, smoothing maps, per-slice means."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bundle import Bundle
+from ..errors import InputError
+
+
+def load_module(module: nn.Module, bundle: Bundle, prefix: str) -> nn.Module:
+    """Load ``prefix.*`` weights of the bundle into ``module`` (strict), or say that card and weights disagree."""
+    state = {k.removeprefix(prefix + "."): v for k, v in (bundle.state_dict or {}).items()
+             if k.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise InputError(f"weights of {bundle.card.name} do not match its model card's network: "
+                         f"{str(error).splitlines()[0][:200]}") from None
+    return module
+
+
+def smooth(values: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Box-smooth (B, H, W) ``values`` over ``size`` px and keep them inside ``mask``."""
+    if size <= 1:
+        return values * mask
+    smoothed = F.avg_pool2d(values.unsqueeze(1), size, stride=1, padding=size // 2, count_include_pad=False)
+    return smoothed.squeeze(1) * mask
+
+
+def mean_in_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) mean of (B, H, W) ``values`` over each slice's mask (0 for an empty mask)."""
+    return (values * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp_min(1)

@@ -1,0 +1,77 @@
+"""``compare``: every method on the same test splits, as the paper's Tables 1 and 2 and Figs. 3 and 6."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
+from MedicalAnomalyDetectionLib.methods import build_method
+
+from .datasets import load_cases
+from .evaluation import score_split, summarise
+from .plots import plot_roc, plot_score_distributions
+
+TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
+
+
+def _variants(bundle: Bundle) -> list[tuple[str, Bundle]]:
+    """The bundle as carded, and for ranked scores also without ranking (the paper's Table 2)."""
+    variants = [(bundle.card.name, bundle)]
+    ranking = bundle.card.hyperparameters.get("ranking")
+    if bundle.card.method == "patchgan" and ranking and ranking.get("ranking", True):
+        unranked = copy.deepcopy(bundle)
+        unranked.card.hyperparameters["ranking"]["ranking"] = False
+        variants.append((f"{bundle.card.name} (ranking off)", unranked))
+    return variants
+
+
+def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, device: torch.device,
+            update_cards: bool = False) -> dict:
+    """Evaluate each model (and its no-ranking variant) on each dataset's test split; write comparison.json,
+    comparison.md, and per dataset roc_<dataset>.png and scores_<dataset>.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    bundles = [load_bundle(model) for model in models]
+    results: dict[str, dict[str, dict]] = {}
+    for dataset in datasets:
+        curves = {}
+        for bundle in bundles:
+            for name, variant in _variants(bundle):
+                cases = load_cases(data_root / dataset, "test", variant.card.modality)
+                scores = score_split(build_method(variant, device), variant, cases)
+                summary = summarise(scores, variant.card.thresholds.get("pixel"))
+                results.setdefault(name, {})[dataset] = summary
+                curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))
+                if update_cards:
+                    key = f"{dataset}/test" + (" (ranking off)" if variant is not bundle else "")
+                    bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
+                                                "modality": bundle.card.modality}
+                print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS))
+        plot_roc(curves, f"slice-level ROC on {dataset} test", out / f"roc_{dataset}.png")
+        plot_score_distributions(curves, f"slice scores on {dataset} test", out / f"scores_{dataset}.png")
+    if update_cards:
+        for bundle in bundles:
+            write_card(bundle.path, bundle.card)
+    (out / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "comparison.md").write_text(markdown(results, datasets) + "\n")
+    return results
+
+
+def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
+    """Rows: methods; columns: each dataset's slice AUROC, voxel AUROC and ⌈Dice⌉; the best of each column bold."""
+    header = "| method | " + " | ".join(f"{d} {title}" for d in datasets for _, title in TABLE_METRICS) + " |"
+    rows = [header, "|---|" + "---|" * (len(datasets) * len(TABLE_METRICS))]
+    best = {(d, k): max((r[d].get(k) or 0.0) for r in results.values()) for d in datasets for k, _ in TABLE_METRICS}
+    for name, per_dataset in results.items():
+        cells = []
+        for dataset in datasets:
+            for key, _ in TABLE_METRICS:
+                value = per_dataset[dataset].get(key)
+                text = "–" if value is None else f"{value:.3f}"
+                cells.append(f"**{text}**" if value is not None and value == best[(dataset, key)] else text)
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,146 @@
+"""The training loop every learned method shares: data order, augmentation, cosine learning rate, checkpoints that
+hold every module, optimiser, schedule and random state, and ``--resume``/``--stop-after``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from MedicalAnomalyDetectionLib.errors import InputError
+
+from .slice_set import SliceSet
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Optimisation settings; written to the run's run.json and the model card."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 2e-4  # decayed to 0 along a cosine over the run (calms the late GAN instabilities)
+    recon_weight: float = 0.2  # weight of the L2 reconstruction term beside the adversarial one (Patch-GAN, ALOCC)
+    adv_weight: float = 0.05  # Patch-GAN: weight of R's adversarial term
+    uncertainty_weight: float = 0.1  # Patch-GAN: weight of the log-variance head's Gaussian NLL
+    seed: int = 0
+    checkpoint_every: int = 5  # epochs
+
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
+
+
+@dataclass
+class Trainee:
+    """What a method hands to :func:`train`: its modules (all checkpointed), optimisers, and one training step on
+    an augmented (B, 1, H, W) batch with its brain mask."""
+
+    method: str
+    config: dict
+    modules: dict[str, nn.Module]
+    optimisers: dict[str, torch.optim.Optimizer]
+    step: Step
+
+
+def augment(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random left-right flip, rotation (+-10 deg), scaling (0.9-1.1) and intensity scaling (0.9-1.1)."""
+    batch = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(batch, generator=generator, device=generator.device) * (high - low) + low
+
+    angle = uniform(-math.pi / 18, math.pi / 18)
+    scale = uniform(0.9, 1.1)
+    flip = torch.where(torch.rand(batch, generator=generator, device=generator.device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3, device=x.device)
+    theta[:, 0, 0] = torch.cos(angle) / scale * flip
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = torch.sin(angle) / scale * flip
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x * uniform(0.9, 1.1).view(-1, 1, 1, 1) * mask, mask
+
+
+def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet) -> str:
+    """What a checkpoint must match to be resumed: method, network, settings (but how often to save), data size."""
+    return json.dumps({"method": trainee.method, "config": trainee.config,
+                       "settings": {k: v for k, v in settings.__dict__.items() if k != "checkpoint_every"},
+                       "slices": int(data.slices.shape[0])}, sort_keys=True)
+
+
+def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path, device: torch.device,
+          resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train ``trainee`` on ``data``; checkpoints and run.json go to ``run_dir``. Returns the run record.
+
+    ``stop_after`` ends this session after that many epochs (checkpointed), for time-limited jobs; ``resume``
+    continues the same schedule from the checkpoint (the same command is required)."""
+    steps = data.slices.shape[0] // settings.batch_size
+    if steps == 0:
+        raise InputError(f"{data.slices.shape[0]} training slices are fewer than one batch of {settings.batch_size}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    schedulers = {name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps)
+                  for name, opt in trainee.optimisers.items()}
+    order_gen = torch.Generator().manual_seed(settings.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    identity = _identity(trainee, settings, data)
+    start_epoch, seconds_before = 0, 0.0
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["run"] != identity:
+            raise InputError(f"--resume: {checkpoint_path} was made with other settings, network or data; "
+                             "use the same command, or a new --run-dir")
+        if int(state["epoch"]) >= settings.epochs:
+            raise InputError(f"--resume: {run_dir} has already finished its {settings.epochs} epochs")
+        for group, items in (("modules", trainee.modules), ("optimisers", trainee.optimisers),
+                             ("schedulers", schedulers)):
+            for name, item in items.items():
+                item.load_state_dict(state[group][name])
+        order_gen.set_state(state["order_gen"].cpu())
+        aug_gen.set_state(state["aug_gen"].cpu())
+        start_epoch, seconds_before = int(state["epoch"]), float(state["seconds"])
+        print(f"resuming {run_dir} at epoch {start_epoch}")
+
+    slices = torch.from_numpy(data.slices).to(device, torch.float32).unsqueeze(1)
+    masks = torch.from_numpy(data.masks).to(device, torch.float32).unsqueeze(1)
+    count = slices.shape[0]
+    started = time.perf_counter()
+    history = []
+    last_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
+    bar = tqdm(range(start_epoch, last_epoch), initial=start_epoch, total=settings.epochs, unit="epoch")
+    for epoch in bar:
+        order = torch.randperm(count, generator=order_gen).to(device)
+        totals: dict[str, float] = {}
+        for step in range(steps):
+            chosen = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            x, mask = augment(slices[chosen], masks[chosen], aug_gen)
+            for key, value in trainee.step(x, mask, aug_gen).items():
+                totals[key] = totals.get(key, 0.0) + value / steps
+            for scheduler in schedulers.values():
+                scheduler.step()
+        history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in totals.items()}})
+        bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items()})
+        if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == last_epoch:
+            torch.save({"modules": {n: m.state_dict() for n, m in trainee.modules.items()},
+                        "optimisers": {n: o.state_dict() for n, o in trainee.optimisers.items()},
+                        "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                        "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch + 1,
+                        "seconds": seconds_before + time.perf_counter() - started, "run": identity},
+                       checkpoint_path)
+    record = {"method": trainee.method, "config": trainee.config, "settings": settings.__dict__,
+              "epochs_done": last_epoch, "slices": count, "cases": len(set(data.case_ids)), "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "seconds": round(seconds_before + time.perf_counter() - started, 1), "history": history[-5:]}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
