@@ -202,7 +202,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from .compare import compare
 
-    compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards)
+    compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards,
+            _command_line())
     print(f"{args.out}: comparison.md, comparison.json and figures written")
 
 

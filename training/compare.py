@@ -31,9 +31,10 @@ def _variants(bundle: Bundle) -> list[tuple[str, Bundle]]:
 
 
 def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, device: torch.device,
-            update_cards: bool = False) -> dict:
+            update_cards: bool = False, command: str = "") -> dict:
     """Evaluate each model (and its no-ranking variant) on each dataset's test split; write comparison.json,
-    comparison.md, and per dataset roc_<dataset>.png and scores_<dataset>.png."""
+    comparison.md, and per dataset roc_<dataset>.png and scores_<dataset>.png. With ``update_cards`` each model's
+    metrics go into its card, with ``command`` (the command line that made them)."""
     out.mkdir(parents=True, exist_ok=True)
     bundles = [load_bundle(model) for model in models]
     results: dict[str, dict[str, dict]] = {}
@@ -49,7 +50,7 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
                 if update_cards:
                     key = f"{dataset}/test" + (" (ranking off)" if variant is not bundle else "")
                     bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
-                                                "modality": bundle.card.modality}
+                                                "modality": bundle.card.modality, "command": command}
                 print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS))
         plot_roc(curves, f"slice-level ROC on {dataset} test", out / f"roc_{dataset}.png")
         plot_score_distributions(curves, f"slice scores on {dataset} test", out / f"scores_{dataset}.png")
