@@ -11,6 +11,9 @@ import SimpleITK as sitk
 from MedicalAnomalyDetectionLib.errors import InputError
 
 
+CaseImages = tuple[sitk.Image, "sitk.Image | None", "sitk.Image | None"]  # image, brain mask, lesion mask
+
+
 @dataclass(frozen=True)
 class Case:
     """One case of a dataset: its image, and brain and lesion masks where it has them."""
@@ -21,7 +24,7 @@ class Case:
     brain: Path | None
     lesion: Path | None
 
-    def read(self) -> tuple[sitk.Image, sitk.Image | None, sitk.Image | None]:
+    def read(self) -> CaseImages:
         """(image, brain mask or None, lesion mask or None)."""
         return (sitk.ReadImage(str(self.image)),
                 sitk.ReadImage(str(self.brain)) if self.brain else None,

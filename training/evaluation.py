@@ -43,7 +43,8 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
     threshold = bundle.card.thresholds.get("pixel")
     for case in cases:
         started = time.perf_counter()
-        prepared = prepare_case(case, bundle.card.preprocessing)
+        image, brain, lesion = case.read()
+        prepared = prepare_case((image, brain, lesion), bundle.card.preprocessing)
         scored = score_prepared(method, prepared, batch_size)
         eligible = eligible_slices(prepared)
         healthy = healthy_slices(prepared)
@@ -51,7 +52,6 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
         out.slice_scores.append(scored.scores[eligible])
         out.healthy_slice_scores.append(scored.scores[healthy])
 
-        image, brain, lesion = case.read()
         anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared, image))
         inside = (sitk.GetArrayViewFromImage(brain) > 0 if brain is not None
                   else prepared_mask_on_input(prepared, image))

@@ -10,7 +10,7 @@ from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_vol
 from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE
 from MedicalAnomalyDetectionLib.scoring import eligible_slices as brain_share_eligible
 
-from .datasets import Case
+from .datasets import Case, CaseImages
 from .slice_set import SliceSet
 
 # Slice-level metrics use the core's MIN_BRAIN_SHARE; training also takes the smaller brain cross-sections (down to this share), so that the model learns them as normal.
@@ -19,9 +19,9 @@ TRAIN_MIN_BRAIN_SHARE = 0.05
 HEALTHY_MARGIN = 1
 
 
-def prepare_case(case: Case, pre: Preprocessing) -> PreparedVolume:
-    """The core preprocessing of one case, with its lesion mask (if any) resampled alongside."""
-    image, brain, lesion = case.read()
+def prepare_case(images: CaseImages, pre: Preprocessing) -> PreparedVolume:
+    """The core preprocessing of one case's (image, brain, lesion), the lesion mask (if any) resampled alongside."""
+    image, brain, lesion = images
     return prepare_volume(image, pre, brain, labels=(lesion,) if lesion is not None else ())
 
 
@@ -50,7 +50,7 @@ def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: i
     ``source`` (dataset, split, modality, licence) is kept with them."""
     slices, masks, ids = [], [], []
     for case in cases:
-        prepared = prepare_case(case, pre)
+        prepared = prepare_case(case.read(), pre)
         chosen = np.flatnonzero(healthy_slices(prepared, min_share=TRAIN_MIN_BRAIN_SHARE))[::every]
         slices.append(prepared.slices[chosen].astype(np.float16))
         masks.append(prepared.mask[chosen])
