@@ -14,7 +14,8 @@ from sklearn.svm import OneClassSVM
 
 from MedicalAnomalyDetectionLib.methods.alocc import ALOCCConfig
 from MedicalAnomalyDetectionLib.methods.autoencoder import AutoencoderConfig, ConvAutoencoder
-from MedicalAnomalyDetectionLib.methods.ocsvm import OCSVMConfig, RBFDecision, patch_features, slice_features
+from MedicalAnomalyDetectionLib.methods.ocsvm import (MIN_PATCH_BRAIN, OCSVMConfig, RBFDecision, patch_features,
+                                                      slice_features)
 from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 
@@ -31,8 +32,10 @@ def _adam(module: torch.nn.Module, settings: FitSettings) -> torch.optim.Adam:
     return torch.optim.Adam(module.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
 
 
-def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device: torch.device) -> Trainee:
-    """The AE with plain L2 reconstruction of the augmented healthy slice."""
+def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device: torch.device,
+                        size: tuple[int, int]) -> Trainee:
+    """The AE with plain L2 reconstruction of the augmented healthy (size) slice."""
+    config.check_size(size)
     torch.manual_seed(settings.seed)
     network = ConvAutoencoder(config.widths, config.latent_channels).to(device)
     optimiser = _adam(network, settings)
@@ -50,8 +53,10 @@ def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device
                    optimisers={"autoencoder": optimiser}, step=step)
 
 
-def alocc_trainee(config: ALOCCConfig, settings: FitSettings, device: torch.device) -> Trainee:
+def alocc_trainee(config: ALOCCConfig, settings: FitSettings, device: torch.device,
+                  size: tuple[int, int]) -> Trainee:
     """ALOCC: D tells x from R(x + noise); R denoises, fools D, and keeps settings.recon_weight * L2."""
+    config.reconstructor.check_size(size)
     torch.manual_seed(settings.seed)
     r = config.reconstructor
     reconstructor = ConvAutoencoder(r.widths, r.latent_channels).to(device)
@@ -93,15 +98,15 @@ def _fit_rbf_svm(features: np.ndarray, nu: float) -> RBFDecision:
 
 def fit_ocsvm(data: SliceSet, config: OCSVMConfig, run_dir: Path, seed: int = 0) -> dict:
     """Fit the slice SVM on all healthy slices and the patch SVM on a random subset of their brain patches
-    (covering >= 50 % brain); writes checkpoint.pt (tensors only) and run.json like the other methods."""
+    (at least MIN_PATCH_BRAIN brain); writes checkpoint.pt (tensors only) and run.json like the other methods."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     slices = torch.from_numpy(data.slices.astype(np.float32))
     masks = torch.from_numpy(data.masks.astype(np.float32))
     slice_svm = _fit_rbf_svm(slice_features(slices, config).numpy(), config.nu)
-    features, _ = patch_features(slices, config)
-    coverage, _ = patch_features(masks, config)
-    brain_patches = features[coverage.mean(dim=1) >= 0.5].numpy()
+    features = patch_features(slices, config).flatten(0, 1)
+    coverage = patch_features(masks, config).flatten(0, 1).mean(dim=1)
+    brain_patches = features[coverage >= MIN_PATCH_BRAIN].numpy()
     if len(brain_patches) == 0:
         raise InputError(f"no {config.patch}-pixel patch of the training slices is half brain; use smaller patches")
     chosen = np.random.default_rng(seed).permutation(len(brain_patches))[:OCSVM_MAX_PATCHES]

@@ -58,8 +58,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
                 PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
                                ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
                                uncertainty=args.uncertainty), settings, device),
-            "ae": lambda: autoencoder_trainee(autoencoder, settings, device),
-            "alocc": lambda: alocc_trainee(ALOCCConfig(reconstructor=autoencoder), settings, device),
+            "ae": lambda: autoencoder_trainee(autoencoder, settings, device, data.slices.shape[1:]),
+            "alocc": lambda: alocc_trainee(ALOCCConfig(reconstructor=autoencoder), settings, device,
+                                           data.slices.shape[1:]),
         }[args.method]()
         record = train(trainee, data, settings, args.run_dir, device, resume=args.resume, stop_after=args.stop_after)
     record.update(source=data.source, command=_command_line())
@@ -116,16 +117,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def _load_for_scoring(args: argparse.Namespace, ranking: str = "card"):
     """The bundle as stored, and its method built on the chosen device (patch ranking forced on/off if asked)."""
-    import copy
-
     from MedicalAnomalyDetectionLib.bundle import load_bundle
     from MedicalAnomalyDetectionLib.methods import build_method
     from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 
+    from .evaluation import with_ranking
+
     bundle = load_bundle(args.model)
-    scored = copy.deepcopy(bundle)
-    if ranking != "card":
-        scored.card.hyperparameters.setdefault("ranking", {})["ranking"] = ranking == "on"
+    scored = bundle if ranking == "card" else with_ranking(bundle, ranking == "on")
     return bundle, build_method(scored, choose_device(args.device))
 
 

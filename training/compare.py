@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
 from MedicalAnomalyDetectionLib.methods import build_method
 
 from .datasets import load_cases
-from .evaluation import score_split, summarise
+from .evaluation import score_split, summarise, with_ranking
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
@@ -24,9 +23,7 @@ def _variants(bundle: Bundle) -> list[tuple[str, Bundle]]:
     variants = [(bundle.card.name, bundle)]
     ranking = bundle.card.hyperparameters.get("ranking")
     if bundle.card.method == "patchgan" and ranking and ranking.get("ranking", True):
-        unranked = copy.deepcopy(bundle)
-        unranked.card.hyperparameters["ranking"]["ranking"] = False
-        variants.append((f"{bundle.card.name} (ranking off)", unranked))
+        variants.append((f"{bundle.card.name} (ranking off)", with_ranking(bundle, False)))
     return variants
 
 

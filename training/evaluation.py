@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -21,6 +22,13 @@ from .datasets import Case
 from .metrics import auroc_ap, best_dice, dice_at
 from .plots import plot_roc, plot_score_distributions
 from .slices import eligible_slices, healthy_slices, lesion_slices, prepare_case
+
+
+def with_ranking(bundle: Bundle, ranking: bool) -> Bundle:
+    """A copy of ``bundle`` whose patch ranking is forced on or off (the paper's Table 2 ablation)."""
+    variant = copy.deepcopy(bundle)
+    variant.card.hyperparameters.setdefault("ranking", {})["ranking"] = ranking
+    return variant
 
 
 @dataclass

@@ -31,6 +31,8 @@ python -m training export --method intensity --name intensity-t1 --modality t1 -
 evaluate="python -m training evaluate --split test --device cpu --update-card"
 for model in patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair; do
     python -m training calibrate --model $model --dataset "$DATA/lgg_flair" --split val --device cpu
+done
+for model in patchgan-flair patchgan-flair-paper intensity-flair; do  # per-case reports; baselines: see compare
     for dataset in lgg_flair brats2013 mslub; do
         $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
     done

@@ -10,6 +10,7 @@ import torch
 from sklearn.svm import OneClassSVM
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
+from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.methods.autoencoder import Autoencoder, AutoencoderConfig
@@ -28,10 +29,19 @@ def _smooth_slices(count: int, seed: int = 0) -> np.ndarray:
     return np.stack([np.add.outer(base, base) / 2 + 0.02 * rng.standard_normal((32, 32)) for _ in range(count)])
 
 
-def _with_spot(slices: np.ndarray) -> torch.Tensor:
+def _with_spot(slices: np.ndarray, at: tuple[int, int] = (12, 12)) -> torch.Tensor:
     spotted = torch.from_numpy(slices.copy())
-    spotted[:, 12:20, 12:20] += 1.0
+    spotted[:, at[0]:at[0] + 8, at[1]:at[1] + 8] += 1.0
     return spotted
+
+
+def test_sizes_the_autoencoder_cannot_take_are_refused():
+    with pytest.raises(InputError, match="not divisible by 16"):
+        AutoencoderConfig().check_size((120, 128))
+    with pytest.raises(InputError, match="odd"):
+        AutoencoderConfig(map_smoothing=6)
+    with pytest.raises(InputError, match="divisible by its grid"):
+        OCSVMConfig(patch=12, patch_grid=8)
 
 
 def test_rbf_decision_matches_scikit_learn():
@@ -54,10 +64,13 @@ def test_ocsvm_flags_the_slice_and_the_patch_with_a_spot(tmp_path):
     method = OneClassSVMMethod(config, *(RBFDecision(**modules[name]) for name in ("slice_svm", "patch_svm")),
                                torch.device("cpu"))
     normal = torch.from_numpy(_smooth_slices(4, seed=9))
-    result = method.score(torch.cat([normal, _with_spot(_smooth_slices(4, seed=9))]), torch.ones(8, 32, 32))
+    spotted = _with_spot(_smooth_slices(4, seed=9), at=(20, 4))  # off centre: the map must land where the spot is
+    result = method.score(torch.cat([normal, spotted]), torch.ones(8, 32, 32))
     assert result.scores[4:].min() > result.scores[:4].max()
     spotted_map = result.maps[4]
-    assert spotted_map[14:18, 14:18].mean() > spotted_map[:, :6].mean()
+    assert spotted_map[20:28, 4:12].mean() > 2 * spotted_map[:12, 20:].mean()
+    hottest = divmod(int(spotted_map.argmax()), 32)
+    assert 16 <= hottest[0] < 32 and hottest[1] < 16
 
 
 def test_autoencoder_residual_lights_up_a_spot(tmp_path):
@@ -66,7 +79,7 @@ def test_autoencoder_residual_lights_up_a_spot(tmp_path):
                     source={})
     config = AutoencoderConfig(widths=(8, 16), latent_channels=4, map_smoothing=1)
     settings = FitSettings(epochs=25, batch_size=8, learning_rate=3e-3, checkpoint_every=25)
-    trainee = autoencoder_trainee(config, settings, torch.device("cpu"))
+    trainee = autoencoder_trainee(config, settings, torch.device("cpu"), (32, 32))
     record = train(trainee, data, settings, tmp_path / "run", torch.device("cpu"))
     assert record["history"][-1]["loss_r"] < 0.05  # from ~0.33 in the first epoch
     method = Autoencoder(config, trainee.modules["autoencoder"], torch.device("cpu"))

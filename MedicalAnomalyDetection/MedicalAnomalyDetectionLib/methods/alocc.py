@@ -3,9 +3,9 @@ adversarially on healthy slices only.
 
 R is the AE's :class:`ConvAutoencoder`, trained to map x + N(0, 0.155^2) back to x (reconstruction weight 0.2
 beside the adversarial term, as the issue asks). D is the Patch-GAN's :class:`PatchDiscriminator` on the image alone,
-so it judges ~32 x 32 patches. Score as in the paper, D(R(x)): a slice's anomaly score is 1 - mean over its brain
-patches of sigmoid(D(R(x))); the map is that per-patch value (1 - sigmoid(logit)) upsampled to the slice, inside
-the brain.
+so it judges ~32 x 32 patches. Score as in the paper, D(R(x)): the map is 1 - sigmoid(D(R(x))) per patch, upsampled
+bilinearly to the slice and kept inside the brain, and a slice's score is that map's mean over its brain pixels.
+(The reconstructor's ``sign`` and ``map_smoothing`` play no part here: ALOCC scores with D, not with residuals.)
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ALOCC:
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "ALOCC":
         config = ALOCCConfig.from_dict(bundle.card.hyperparameters)
         r = config.reconstructor
+        r.check_size(bundle.card.preprocessing.size)
         reconstructor = load_module(ConvAutoencoder(r.widths, r.latent_channels), bundle, "reconstructor")
         discriminator = load_module(PatchDiscriminator(config.disc_widths, in_channels=1), bundle, "discriminator")
         return cls(config, reconstructor, discriminator, device)

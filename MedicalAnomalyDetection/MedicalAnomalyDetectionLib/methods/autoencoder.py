@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..bundle import Bundle
+from ..errors import InputError
 from .base import SliceResult
 from .common import load_module, mean_in_mask, smooth
 from .intensity import signed_residual
@@ -29,6 +30,17 @@ class AutoencoderConfig:
     latent_channels: int = 16
     sign: str = "positive"
     map_smoothing: int = 7
+
+    def __post_init__(self) -> None:
+        if self.map_smoothing < 1 or self.map_smoothing % 2 == 0:
+            raise InputError(f"map smoothing must be an odd number of pixels, not {self.map_smoothing}")
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """The network halves the slice len(widths) times and doubles it back: sizes must divide evenly."""
+        factor = 2 ** len(self.widths)
+        if any(n % factor for n in size):
+            raise InputError(f"slice size {tuple(size)} is not divisible by {factor}, which this "
+                             f"{len(self.widths)}-level autoencoder needs")
 
     def to_dict(self) -> dict:
         return {"widths": list(self.widths), "latent_channels": self.latent_channels, "sign": self.sign,
@@ -84,6 +96,7 @@ class Autoencoder:
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "Autoencoder":
         config = AutoencoderConfig.from_dict(bundle.card.hyperparameters)
+        config.check_size(bundle.card.preprocessing.size)
         network = load_module(ConvAutoencoder(config.widths, config.latent_channels), bundle, "autoencoder")
         return cls(config, network, device)
 

@@ -2,8 +2,9 @@
 
 Features (one definition, used by training and inference): a slice is average-pooled by ``slice_pool`` (a 128 x 128
 slice becomes 16 x 16 = 256 numbers); a patch of ``patch`` px (stride ``patch // 2``) is average-pooled to
-``patch_grid`` x ``patch_grid`` numbers. Slice score = minus the slice SVM's decision value; map = minus the patch
-SVM's decision value of each patch, bilinearly upsampled to the slice, inside the brain.
+``patch_grid`` x ``patch_grid`` numbers. Slice score = minus the slice SVM's decision value. Map = minus the patch
+SVM's decision value, spread over each patch's own footprint and averaged where patches overlap; only patches that
+are at least half brain count (the patch SVM was fitted on such patches only), and the map is kept inside the brain.
 
 The SVMs are fitted with scikit-learn at training time; the bundle stores only their support vectors, dual
 coefficients, intercept and RBF gamma as tensors, and the decision function is evaluated here in torch (no pickled
@@ -23,12 +24,23 @@ from ..errors import InputError
 from .base import SliceResult
 
 
+# A patch takes part in fitting and in the map when at least this share of it is brain.
+MIN_PATCH_BRAIN = 0.5
+
+
 @dataclass(frozen=True)
 class OCSVMConfig:
+    """Feature and SVM settings; stored in the model card."""
+
     slice_pool: int = 8
     patch: int = 32
     patch_grid: int = 8
     nu: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.patch % self.patch_grid or self.patch % 2:
+            raise InputError(f"OCSVM patch of {self.patch} px must be even and divisible by its grid of "
+                             f"{self.patch_grid} cells")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -43,13 +55,22 @@ def slice_features(x: torch.Tensor, config: OCSVMConfig) -> torch.Tensor:
     return F.avg_pool2d(x.unsqueeze(1).float(), config.slice_pool).flatten(1)
 
 
-def patch_features(x: torch.Tensor, config: OCSVMConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W) slices -> (B * P, F) pooled patches (row-major patch grid) and the grid shape."""
-    pooled = F.avg_pool2d(x.unsqueeze(1).float(), config.patch // config.patch_grid)
-    size = config.patch_grid
-    patches = pooled.unfold(2, size, size // 2).unfold(3, size, size // 2)  # (B, 1, gy, gx, size, size)
-    grid = (patches.shape[2], patches.shape[3])
-    return patches.reshape(-1, size * size), grid
+def patch_features(x: torch.Tensor, config: OCSVMConfig) -> torch.Tensor:
+    """(B, H, W) slices -> (B, P, F): each ``patch`` px patch (stride ``patch // 2``, row-major) pooled to F numbers;
+    the same patches as :func:`patches_to_map` spreads values back over."""
+    pool = config.patch // config.patch_grid
+    pooled = F.unfold(x.unsqueeze(1).float(), config.patch, stride=config.patch // 2)  # (B, patch^2, P)
+    pooled = pooled.transpose(1, 2).reshape(x.shape[0], -1, config.patch_grid, pool, config.patch_grid, pool)
+    return pooled.mean(dim=(3, 5)).flatten(2)
+
+
+def patches_to_map(values: torch.Tensor, weights: torch.Tensor, size: tuple[int, int],
+                   config: OCSVMConfig) -> torch.Tensor:
+    """(B, P) patch values -> (B, H, W): each pixel gets the weighted mean of the patches covering it (0 if none)."""
+    spread = lambda v: F.fold(v.unsqueeze(1).expand(-1, config.patch ** 2, -1), size, config.patch,  # noqa: E731
+                              stride=config.patch // 2).squeeze(1)
+    total = spread(weights)
+    return spread(values * weights) / total.clamp_min(1e-6) * (total > 0)
 
 
 class RBFDecision:
@@ -103,7 +124,8 @@ class OneClassSVMMethod:
         x = slices.float().cpu()
         mask = mask.float().cpu()
         scores = -self.slice_svm(slice_features(x, self.config))
-        features, grid = patch_features(x, self.config)
-        per_patch = -self.patch_svm(features).view(x.shape[0], 1, *grid)
-        maps = F.interpolate(per_patch, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1) * mask
+        features = patch_features(x, self.config)
+        per_patch = -self.patch_svm(features.flatten(0, 1)).view(features.shape[:2])
+        brain = (patch_features(mask, self.config).mean(dim=2) >= MIN_PATCH_BRAIN).float()
+        maps = patches_to_map(per_patch, brain, tuple(x.shape[-2:]), self.config) * mask
         return SliceResult(maps=maps, scores=scores)

@@ -56,6 +56,10 @@ class PatchGANConfig:
     ranking: PatchRanking = PatchRanking()
     uncertainty: bool = False
 
+    def __post_init__(self) -> None:
+        if self.map_smoothing < 1 or self.map_smoothing % 2 == 0:
+            raise ValueError(f"map smoothing must be an odd number of pixels, not {self.map_smoothing}")
+
     def to_dict(self) -> dict:
         return {"widths": list(self.widths), "disc_widths": list(self.disc_widths), "hole": self.hole,
                 "inference_shifts": list(self.inference_shifts), "sign": self.sign,
