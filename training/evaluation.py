@@ -60,9 +60,9 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
         out.slice_scores.append(scored.scores[eligible])
         out.healthy_slice_scores.append(scored.scores[healthy])
 
-        anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared, image))
+        anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared))
         inside = (sitk.GetArrayViewFromImage(brain) > 0 if brain is not None
-                  else prepared_mask_on_input(prepared, image))
+                  else prepared_mask_on_input(prepared))
         truth = (sitk.GetArrayViewFromImage(lesion) > 0) if lesion is not None else np.zeros_like(inside)
         out.voxel_labels.append(truth[inside])
         out.voxel_scores.append(anomaly_map[inside].astype(np.float32))
@@ -80,9 +80,9 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
     return out
 
 
-def prepared_mask_on_input(prepared: PreparedVolume, image: sitk.Image) -> np.ndarray:
+def prepared_mask_on_input(prepared: PreparedVolume) -> np.ndarray:
     """The model-grid mask put back on the input grid (for cases without a brain mask)."""
-    return sitk.GetArrayFromImage(to_input_grid(prepared.mask.astype(np.float32), prepared, image,
+    return sitk.GetArrayFromImage(to_input_grid(prepared.mask.astype(np.float32), prepared,
                                                 sitk.sitkNearestNeighbor)) > 0
 
 

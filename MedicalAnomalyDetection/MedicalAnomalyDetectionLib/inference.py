@@ -16,7 +16,6 @@ from .errors import InputError
 from .methods import AnomalyMethod, build_method
 from .methods.runtime import choose_device
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
-from .volume_io import validate_volume
 from .scoring import eligible_slices, volume_score
 
 ProgressCallback = Callable[[float, str], None]
@@ -111,7 +110,6 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     if not np.isfinite(threshold) or threshold <= 0:
         raise InputError(f"threshold must be a positive number, not {threshold}")
     report(0.0, "preparing volume")
-    image = validate_volume(image)
     prepared = prepare_volume(image, bundle.card.preprocessing, brain_mask)
     if method is None:
         report(0.05, "loading model")
@@ -121,7 +119,7 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     if cancel is not None and cancel():
         raise Cancelled()
     report(0.9, "resampling to the input grid")
-    anomaly_map = to_input_grid(scored.maps, prepared, image)
+    anomaly_map = to_input_grid(scored.maps, prepared)
     label_map = label_from_map(anomaly_map, threshold)
     eligible = eligible_slices(prepared.mask.sum(axis=(1, 2)))
     report(1.0, "done")

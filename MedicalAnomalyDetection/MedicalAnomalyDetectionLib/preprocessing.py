@@ -26,6 +26,7 @@ class PreparedVolume:
     slice_axis: int  # the input's IJK axis that model slices step along
     slice_index: np.ndarray  # (N,) input index along slice_axis of each model slice
     labels: list[np.ndarray]  # extra label volumes (e.g. lesion masks) resampled to the model grid, bool
+    input_grid: sitk.Image  # the validated input: results go back onto its grid
 
 
 def foreground_mask(image: sitk.Image) -> sitk.Image:
@@ -115,13 +116,11 @@ def prepare_volume(image: sitk.Image, pre: Preprocessing, brain_mask: sitk.Image
                               sitk.sitkUInt8) > 0 for label in labels]
     axis, index = _slice_indices(image, grid)
     return PreparedVolume(slices=slices, mask=model_mask, model_grid=grid, slice_axis=axis, slice_index=index,
-                          labels=model_labels)
+                          labels=model_labels, input_grid=image)
 
 
-def to_input_grid(values: np.ndarray, prepared: PreparedVolume, reference: sitk.Image,
-                  interpolator: int = sitk.sitkLinear) -> sitk.Image:
-    """Put a (N, H, W) model-grid array back on ``reference``'s grid (size, spacing, origin, direction)."""
+def to_input_grid(values: np.ndarray, prepared: PreparedVolume, interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """Put a (N, H, W) model-grid array back on the input's grid (size, spacing, origin, direction)."""
     model_image = sitk.GetImageFromArray(values.astype(np.float32))
     model_image.CopyInformation(prepared.model_grid)
-    out = sitk.Resample(model_image, reference, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
-    return out
+    return sitk.Resample(model_image, prepared.input_grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)

@@ -93,3 +93,10 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_bundle, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="no usable CUDA"):
         detect(make_image(head_array()), tiny_bundle, device="cuda")
+
+
+def test_trailing_singleton_axis_gives_3d_outputs(intensity_bundle):
+    image = sitk.JoinSeries(make_image(head_array()))
+    result = detect(image, intensity_bundle)
+    assert result.anomaly_map.GetDimension() == 3
+    assert result.anomaly_map.GetSize() == image.GetSize()[:3]

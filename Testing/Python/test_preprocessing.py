@@ -47,7 +47,7 @@ def test_map_returns_to_input_grid_aligned(kind):
     prepared = prepare_volume(image, PRE)
     assert prepared.slices.shape[1:] == (48, 48)
     # a "map" that is the normalised intensity itself must put the bright blob back where it was
-    back = to_input_grid(prepared.slices, prepared, image)
+    back = to_input_grid(prepared.slices, prepared)
     assert back.GetSize() == image.GetSize()
     np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing())
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin())

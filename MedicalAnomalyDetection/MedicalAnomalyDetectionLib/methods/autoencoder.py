@@ -76,9 +76,6 @@ class ConvAutoencoder(nn.Module):
                                      *(_up(a, b) for a, b in zip(back[:-1], back[1:])),
                                      nn.Conv2d(widths[0], 1, 1))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
