@@ -4,17 +4,16 @@ hold every module, optimiser, schedule and random state, and ``--resume``/``--st
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from MedicalAnomalyDetectionLib.augmentation import augment
 from MedicalAnomalyDetectionLib.errors import InputError
 
 from .slice_set import SliceSet
@@ -49,27 +48,6 @@ class Trainee:
     modules: dict[str, nn.Module]
     optimisers: dict[str, torch.optim.Optimizer]
     step: Step
-
-
-def augment(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random left-right flip, rotation (+-10 deg), scaling (0.9-1.1) and intensity scaling (0.9-1.1)."""
-    batch = x.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(batch, generator=generator, device=generator.device) * (high - low) + low
-
-    angle = uniform(-math.pi / 18, math.pi / 18)
-    scale = uniform(0.9, 1.1)
-    flip = torch.where(torch.rand(batch, generator=generator, device=generator.device) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(batch, 2, 3, device=x.device)
-    theta[:, 0, 0] = torch.cos(angle) / scale * flip
-    theta[:, 0, 1] = -torch.sin(angle) / scale
-    theta[:, 1, 0] = torch.sin(angle) / scale * flip
-    theta[:, 1, 1] = torch.cos(angle) / scale
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return x * uniform(0.9, 1.1).view(-1, 1, 1, 1) * mask, mask
 
 
 def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet) -> str:

@@ -7,14 +7,12 @@ from scipy.ndimage import binary_dilation
 
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
-from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE
+from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE
 from MedicalAnomalyDetectionLib.scoring import eligible_slices as brain_share_eligible
 
 from .datasets import Case, CaseImages
 from .slice_set import SliceSet
 
-# Slice-level metrics use the core's MIN_BRAIN_SHARE; training also takes the smaller brain cross-sections (down to this share), so that the model learns them as normal.
-TRAIN_MIN_BRAIN_SHARE = 0.05
 # A lesion-free slice closer than this many slices to a lesion slice is not used as healthy.
 HEALTHY_MARGIN = 1
 

@@ -30,6 +30,18 @@ def bundled_models_dir() -> Path:
     return Path(os.environ.get("MAD_MODELS_DIR", Path(__file__).resolve().parents[2] / "Resources" / "Models"))
 
 
+def user_models_dir() -> Path:
+    """Where models the user fits (e.g. few-shot PathoSCOPE from their own references) are saved and found by name:
+    ``$MAD_USER_MODELS_DIR`` or ``~/.MedicalAnomalyDetection/Models``."""
+    return Path(os.environ.get("MAD_USER_MODELS_DIR", Path.home() / ".MedicalAnomalyDetection" / "Models"))
+
+
+def _model_folders() -> list[Path]:
+    """Bundle folders of the bundled models, then of the user's models, each sorted by name."""
+    return [folder for root in (bundled_models_dir(), user_models_dir()) for folder in sorted(root.glob("*"))
+            if (folder / CARD_FILE).exists()]
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: its card, its weights (None for weight-free methods) and where it came from."""
@@ -48,17 +60,17 @@ def sha256_of(path: Path) -> str:
 
 
 def resolve_bundle_path(name_or_path: str | Path) -> Path:
-    """A bundle folder from a bundled model's name, a folder path, or a path to its ``card.json``."""
+    """A bundle folder from a bundled or user model's name, a folder path, or a path to its ``card.json``."""
     candidate = Path(name_or_path)
     if candidate.name == CARD_FILE:
         candidate = candidate.parent
     if candidate.is_dir():
         return candidate
-    bundled = bundled_models_dir() / str(name_or_path)
-    if bundled.is_dir():
-        return bundled
-    available = sorted(p.name for p in bundled_models_dir().glob("*") if (p / CARD_FILE).exists())
-    raise InputError(f"model bundle not found: {name_or_path} (bundled models: {', '.join(available) or 'none'})")
+    for root in (bundled_models_dir(), user_models_dir()):
+        if (root / str(name_or_path) / CARD_FILE).exists():
+            return root / str(name_or_path)
+    available = [p.name for p in _model_folders()]
+    raise InputError(f"model bundle not found: {name_or_path} (known models: {', '.join(available) or 'none'})")
 
 
 def save_bundle(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tensor] | None) -> Path:
@@ -94,8 +106,6 @@ def read_card(folder: Path) -> ModelCard:
 
 def load_bundle(name_or_path: str | Path) -> Bundle:
     """Load and verify a bundle: card parsed, checksum matched, weights read without unpickling objects."""
-    import torch
-
     folder = resolve_bundle_path(name_or_path)
     card = read_card(folder)
     if card.sha256 is None:
@@ -105,22 +115,31 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
         raise InputError(f"model bundle {card.name} has no {WEIGHTS_FILE} in {folder}")
     if sha256_of(weights) != card.sha256:
         raise InputError(f"checksum of {weights} does not match its model card; the file is corrupt or replaced")
+    return Bundle(card=card, state_dict=load_state_file(weights), path=folder)
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict of tensors from ``path``, read with ``weights_only=True`` (never unpickling objects), or an
+    InputError saying what is wrong with the file."""
+    import torch
+
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise InputError(f"refusing to load {weights}: it needs unpickling arbitrary objects "
-                         f"({str(error).splitlines()[0][:120]})") from None
+        raise InputError(f"refusing to load {path}: it needs unpickling arbitrary objects "
+                         f"({str(error).splitlines()[0][:120]}); save a state_dict instead") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise InputError(f"weights file {weights} is corrupt: {str(error).splitlines()[0][:160]}") from None
+        raise InputError(f"weights file {path} is corrupt: {str(error).splitlines()[0][:160]}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"weights file {weights} is not a plain state_dict of tensors")
-    return Bundle(card=card, state_dict=state, path=folder)
+        raise InputError(f"weights file {path} is not a plain state_dict of tensors")
+    return state
 
 
 def list_bundled_models() -> list[ModelCard]:
     """The cards of every bundle in :func:`bundled_models_dir`, sorted by name."""
-    cards = []
-    for folder in sorted(bundled_models_dir().glob("*")):
-        if (folder / CARD_FILE).exists():
-            cards.append(read_card(folder))
-    return cards
+    return [read_card(folder) for folder in sorted(bundled_models_dir().glob("*")) if (folder / CARD_FILE).exists()]
+
+
+def list_models() -> list[tuple[ModelCard, Path]]:
+    """Every bundled model, then every model in :func:`user_models_dir`: (card, folder) pairs."""
+    return [(read_card(folder), folder) for folder in _model_folders()]

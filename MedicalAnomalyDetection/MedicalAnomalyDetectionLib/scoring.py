@@ -74,6 +74,9 @@ def slice_scores(error: torch.Tensor, mask: torch.Tensor, ranking: PatchRanking)
 # volume's largest brain cross-section: the extreme ends of the brain, a few cm^2 of tissue that is hard to in-paint,
 # would otherwise decide the volume score of healthy volumes.
 MIN_BRAIN_SHARE = 0.2
+# Training (and few-shot references) also take the smaller brain cross-sections, down to this share, so that a model
+# learns them as normal.
+TRAIN_MIN_BRAIN_SHARE = 0.05
 
 
 def eligible_slices(brain_area: np.ndarray, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:

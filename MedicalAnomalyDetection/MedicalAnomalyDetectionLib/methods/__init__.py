@@ -11,10 +11,11 @@ from .autoencoder import Autoencoder
 from .base import AnomalyMethod, SliceResult
 from .intensity import IntensityBaseline
 from .ocsvm import OneClassSVMMethod
+from .pathoscope import PathoSCOPE
 from .patchgan import PatchGAN
 
 METHODS: dict[str, type] = {cls.name: cls for cls in (PatchGAN, IntensityBaseline, Autoencoder, OneClassSVMMethod,
-                                                      ALOCC)}
+                                                      ALOCC, PathoSCOPE)}
 
 __all__ = ["METHODS", "AnomalyMethod", "SliceResult", "build_method"]
 

@@ -1,0 +1,152 @@
+"""Learning normal from a user's own healthy reference volumes: references -> model-grid slices -> few-shot fit ->
+a bundle in the user's model folder. Used by the Slicer panel's "Learn normal from references" (and scriptable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .. import __version__
+from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
+from ..card import ModelCard, Preprocessing
+from ..errors import InputError
+from ..inference import ProgressCallback, detect
+from ..methods.backbone import load_resnet18_state
+from ..methods.pathoscope import PathoSCOPEConfig
+from ..preprocessing import prepare_volume, to_input_grid
+from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
+from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
+
+# A reference whose brain is flagged by the modality's intensity baseline at this share or more (five times what its
+# threshold flags on healthy validation slices) probably holds a lesion.
+LESION_WARNING_SHARE = 0.005
+# A reference is acquired in a plane when its slices are this much thicker than the in-plane spacing.
+THICK_SLICE_RATIO = 2.0
+# Only the threshold the fit itself can justify: p = 0.5 is the discriminator's decision boundary.
+DECISION_BOUNDARY = 0.5
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One healthy reference volume; ``slices`` (first, last), inclusive input indices along the model's slice axis,
+    restricts it to part of the volume."""
+
+    name: str
+    image: sitk.Image
+    brain_mask: sitk.Image | None = None
+    slices: tuple[int, int] | None = None
+
+
+@dataclass
+class FittedModel:
+    """The new model's bundle and what the user should know about the references."""
+
+    bundle: Bundle
+    warnings: list[str] = field(default_factory=list)
+
+
+def acquisition_plane(image: sitk.Image) -> str | None:
+    """The plane a volume was acquired in when its slices are clearly thicker than its pixels, else None."""
+    spacing = np.array(image.GetSpacing())
+    thick = int(np.argmax(spacing))
+    if spacing[thick] < THICK_SLICE_RATIO * np.delete(spacing, thick).max():
+        return None
+    world_axis = int(np.argmax(np.abs(np.array(image.GetDirection()).reshape(3, 3)[:, thick])))
+    return {0: "sagittal", 1: "coronal", 2: "axial"}[world_axis]
+
+
+def plane_warning(reference: Reference, plane: str) -> str | None:
+    acquired = acquisition_plane(reference.image)
+    if acquired is None or acquired == plane:
+        return None
+    return (f"{reference.name} was acquired in {acquired} slices ({max(reference.image.GetSpacing()):.1f} mm apart); "
+            f"the model works on {plane} slices, so it learns from {reference.name} resampled across thick slices")
+
+
+def lesion_warning(reference: Reference, modality: str) -> str | None:
+    """A warning when the modality's bundled intensity baseline flags much of the reference's brain (None when no
+    such baseline exists)."""
+    try:
+        baseline = load_bundle(f"intensity-{modality.lower()}")
+    except InputError:
+        return None
+    detection = detect(reference.image, baseline, brain_mask=reference.brain_mask, device="cpu")
+    prepared = prepare_volume(reference.image, baseline.card.preprocessing, reference.brain_mask)
+    brain = sitk.GetArrayViewFromImage(to_input_grid(prepared.mask.astype(np.float32), prepared,
+                                                     sitk.sitkNearestNeighbor)) > 0
+    share = float(sitk.GetArrayViewFromImage(detection.label_map)[brain].mean()) if brain.any() else 0.0
+    if share < LESION_WARNING_SHARE:
+        return None
+    look = "dark" if baseline.card.hyperparameters.get("sign") == "negative" else "bright"
+    return (f"{reference.name}: {100 * share:.1f} % of its brain is unusually {look} for healthy {modality.upper()}; "
+            "if it holds a lesion, the model will learn that lesion as normal")
+
+
+def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's model-grid slices that show brain (within its slice range): (slices, masks)."""
+    prepared = prepare_volume(reference.image, pre, reference.brain_mask)
+    keep = eligible_slices(prepared.mask.sum(axis=(1, 2)), TRAIN_MIN_BRAIN_SHARE)
+    if reference.slices is not None:
+        first, last = reference.slices
+        keep &= (prepared.slice_index >= first) & (prepared.slice_index <= last)
+    if not keep.any():
+        where = "" if reference.slices is None else f" between slices {reference.slices[0]} and {reference.slices[1]}"
+        raise InputError(f"reference {reference.name} shows no brain{where}")
+    return prepared.slices[keep], prepared.mask[keep]
+
+
+def fit_references(references: list[Reference], name: str, models_dir: Path, modality: str,
+                   pre: Preprocessing = Preprocessing(), settings: FewShotSettings = FewShotSettings(),
+                   config: PathoSCOPEConfig = PathoSCOPEConfig(), backbone: Path | None = None,
+                   texture_dir: Path | None = None,
+                   progress: ProgressCallback | None = None,
+                   cancel: Callable[[], bool] | None = None) -> FittedModel:
+    """Fit PathoSCOPE to ``references`` and save it as bundle ``name`` in ``models_dir`` (never over an existing
+    model). Checks come first, so bad input fails before any work and nothing is written for it."""
+    report = progress or (lambda fraction, stage: None)
+    if len(references) < MIN_REFERENCES:
+        raise InputError(f"learning normal needs at least {MIN_REFERENCES} healthy reference volumes; "
+                         f"got {len(references)}")
+    if len({r.name for r in references}) != len(references):
+        raise InputError("the same reference volume was given twice")
+    if not name or Path(name).name != name or name.startswith("."):
+        raise InputError(f"model name {name!r} must be a plain folder name")
+    folder = Path(models_dir) / name
+    if (folder / CARD_FILE).exists() or (bundled_models_dir() / name / CARD_FILE).exists():
+        raise InputError(f"a model named {name} already exists; choose another name")
+    backbone_state = load_resnet18_state(backbone) if backbone is not None else None
+    config = replace(config, backbone=Path(backbone).name if backbone else f"random (seed {settings.seed})")
+
+    report(0.0, "checking references")
+    warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
+    slices, masks, ids = [], [], []
+    for reference in references:
+        s, m = reference_slices(reference, pre)
+        slices.append(s)
+        masks.append(m)
+        ids += [reference.name] * len(s)
+    result = fit_pathoscope(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)), ids,
+                            config, settings, backbone_state=backbone_state, texture_dir=texture_dir,
+                            progress=lambda f, stage: report(0.1 + 0.85 * f, stage), cancel=cancel)
+    report(0.95, "saving the model")
+    card = ModelCard(
+        name=name, method="pathoscope", version=__version__, modality=modality.lower(), preprocessing=pre,
+        hyperparameters={**config.to_dict(), "fit": settings.to_dict()},
+        thresholds={"pixel": DECISION_BOUNDARY, "slice": DECISION_BOUNDARY,
+                    "calibrated_on": "none: p = 0.5, the discriminator's decision boundary (no healthy validation "
+                                     "data was given); calibrate with `python -m training calibrate` when you have it"},
+        training={"data": f"{len(references)} reference volumes ({', '.join(r.name for r in references)}), "
+                          f"{result.record['slices']} slices", "references": [r.name for r in references],
+                  "seed": settings.seed, "seconds": result.record["seconds"], "device": "cpu",
+                  "fit": result.record, "warnings": warnings},
+        licence={"weights": "derived from the user's reference scans", "non_commercial": False,
+                 "training_data": "the user's own reference scans (their terms apply)"})
+    save_bundle(folder, card, result.state_dict)
+    report(1.0, "done")
+    return FittedModel(bundle=load_bundle(folder), warnings=warnings)
+
