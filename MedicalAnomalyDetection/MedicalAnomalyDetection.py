@@ -25,12 +25,17 @@ Finds what looks unlike healthy brain in an MRI volume (FLAIR or T1, per model) 
 healthy scans, and shows an anomaly heat map, a thresholded label map and a score per slice.
 Pick the volume and a model, optionally a brain mask, and click <b>Detect</b>. The threshold slider re-labels the map
 without running the model again. Research use only; not for diagnosis.
+<p><b>Learn normal from references</b> fits a few-shot PathoSCOPE model to 2-8 healthy scans of your own (a few
+minutes on a CPU); it is saved in your model folder and selected for Detect.</p>
 <p>From the Python console:</p>
 <pre>
 from MedicalAnomalyDetectionSlicer.logic import MedicalAnomalyDetectionLogic
 volume = slicer.util.getNode("flair")
 outputs = MedicalAnomalyDetectionLogic().process(volume, model="patchgan-flair", device="auto")
 print(outputs.volumeScore, outputs.mostAnomalousSlice, outputs.anomalousVoxels)
+references = [slicer.util.getNode(name) for name in ("healthy1", "healthy2")]
+fitted = MedicalAnomalyDetectionLogic().fitReferences(references, "my-flair", "flair")
+outputs = MedicalAnomalyDetectionLogic().process(volume, model="my-flair")
 </pre>
 """
         self.parent.acknowledgementText = """

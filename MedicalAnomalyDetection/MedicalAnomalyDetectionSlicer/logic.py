@@ -19,8 +19,9 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
+from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, user_models_dir
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
 from MedicalAnomalyDetectionLib.inference import Detection, ProgressCallback, detect, label_from_map
 
 from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
@@ -53,6 +54,28 @@ class DetectionJob:
         """Run the core; raises ``Cancelled`` when ``cancel()`` turns True and ``InputError`` for unusable input."""
         return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
                       progress=progress, cancel=cancel)
+
+
+@dataclass
+class FitJob:
+    """A few-shot fit of PathoSCOPE to reference volumes copied out of MRML; :meth:`run` is safe on a worker thread
+    and writes only the new bundle folder."""
+
+    references: list[Reference]
+    name: str
+    modality: str
+    modelsDir: Path
+    backbone: Path | None = None
+    textureDir: Path | None = None
+    options: dict = field(default_factory=dict)  # preprocessing, settings, config of fit_references
+    warnings: list[str] = field(default_factory=list)
+
+    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> FittedModel:
+        """Fit and save; raises ``Cancelled`` (nothing saved) or ``InputError`` for unusable references."""
+        fitted = fit_references(self.references, self.name, self.modelsDir, self.modality, backbone=self.backbone,
+                                texture_dir=self.textureDir, progress=progress, cancel=cancel, **self.options)
+        fitted.warnings = self.warnings + fitted.warnings
+        return fitted
 
 
 @dataclass
@@ -116,6 +139,43 @@ class MedicalAnomalyDetectionLogic:
             log.warning(warning)
         return DetectionJob(inputVolume=inputVolume, image=image, mask=mask, bundle=bundle, device=device,
                             threshold=threshold, maskNode=brainMask, warnings=[warning] if warning else [])
+
+    def prepareFit(self, referenceVolumes: list[slicer.vtkMRMLScalarVolumeNode], name: str, modality: str = "flair",
+                   brainMasks: list[slicer.vtkMRMLNode | None] | None = None,
+                   sliceRange: tuple[int, int] | None = None, modelsDir: str | Path | None = None,
+                   backbone: str | Path | None = None, textureDir: str | Path | None = None,
+                   **fitOptions) -> FitJob:
+        """Check the references and copy them out of MRML for :meth:`FitJob.run`; touches nothing in the scene.
+        ``brainMasks`` pairs a mask (or None) with each reference; ``sliceRange`` (first, last input slice index
+        along the model's slice axis) restricts every reference; ``modelsDir`` defaults to the user's model folder;
+        ``fitOptions`` (``pre``, ``settings``, ``config``) go to the core's ``fit_references``."""
+        volumes = list(referenceVolumes)
+        masks = list(brainMasks) if brainMasks is not None else [None] * len(volumes)
+        if len(masks) != len(volumes):
+            raise InputError("give one brain mask (or None) per reference volume")
+        for volume in volumes:
+            if not isinstance(volume, slicer.vtkMRMLScalarVolumeNode) or isinstance(
+                    volume, slicer.vtkMRMLLabelMapVolumeNode):
+                raise InputError("references must be scalar MRI volumes (not label maps or segmentations)")
+        if len({volume.GetID() for volume in volumes}) != len(volumes):
+            raise InputError("the same reference volume was selected twice")
+        references = [Reference(name=volume.GetName(), image=imageFromVolume(volume),
+                                brain_mask=maskFromNode(mask, volume) if mask is not None else None,
+                                slices=tuple(sliceRange) if sliceRange is not None else None)
+                      for volume, mask in zip(volumes, masks)]
+        warnings = [w for w in (modalityWarning(volume, modality) for volume in volumes) if w]
+        return FitJob(references=references, name=name, modality=modality,
+                      modelsDir=Path(modelsDir) if modelsDir is not None else user_models_dir(),
+                      backbone=Path(backbone) if backbone else None,
+                      textureDir=Path(textureDir) if textureDir else None, options=fitOptions, warnings=warnings)
+
+    def fitReferences(self, referenceVolumes: list[slicer.vtkMRMLScalarVolumeNode], name: str,
+                      modality: str = "flair", progress: ProgressCallback | None = None,
+                      cancel: Callable[[], bool] | None = None, **options) -> FittedModel:
+        """Learn normal from healthy ``referenceVolumes`` synchronously: a PathoSCOPE bundle ``name`` is saved in
+        the user's model folder and can then be passed as ``model`` to :meth:`process`. ``options`` are those of
+        :meth:`prepareFit`."""
+        return self.prepareFit(referenceVolumes, name, modality, **options).run(progress, cancel)
 
     def apply(self, job: DetectionJob, detection: Detection,
               outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,

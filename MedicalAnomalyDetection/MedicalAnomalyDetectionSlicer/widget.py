@@ -1,7 +1,8 @@
-"""The module panel (needs a running Slicer): choose a volume and a model, click Detect, see and tune the anomalies.
+"""The module panel (needs a running Slicer): choose a volume and a model, click Detect, see and tune the anomalies;
+or learn a new model from a few healthy reference volumes and detect with it.
 
-Detection runs in a :class:`~MedicalAnomalyDetectionSlicer.worker.DetectionWorker` thread polled by a ``qt.QTimer``;
-Detect turns into Cancel meanwhile. The threshold slider only re-labels the last map (no network run).
+Detection and fitting each run in a :class:`~MedicalAnomalyDetectionSlicer.worker.Worker` thread polled by a
+``qt.QTimer``; Detect (or Fit) turns into Cancel meanwhile. The threshold slider only re-labels the last map.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from MedicalAnomalyDetectionLib.bundle import list_bundled_models, load_bundle
+from MedicalAnomalyDetectionLib.bundle import list_models, load_bundle
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
 from . import resourcePath
 from .logic import DetectionOutputs, MedicalAnomalyDetectionLogic
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
-from .worker import DetectionWorker
+from .worker import Worker
 
 LOAD_BUNDLE_TEXT = "Load model bundle…"
 POLL_MS = 100
@@ -38,7 +40,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedicalAnomalyDetectionLogic()
-        self.worker: DetectionWorker | None = None
+        self.worker: Worker | None = None
+        self.fitWorker: Worker | None = None
         self._parameterNode: MedicalAnomalyDetectionParameterNode | None = None
         self._guiTag = None
         self._pollTimer = qt.QTimer()
@@ -48,6 +51,9 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._relabelTimer.setSingleShot(True)
         self._relabelTimer.setInterval(RELABEL_DELAY_MS)
         self._relabelTimer.connect("timeout()", self._relabel)
+        self._fitTimer = qt.QTimer()
+        self._fitTimer.setInterval(POLL_MS)
+        self._fitTimer.connect("timeout()", self._pollFit)
 
         self._fillModels()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
@@ -55,7 +61,9 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.ui.thresholdSlider.connect("valueChanged(double)", lambda value: self._relabelTimer.start())
         self.ui.goToSliceButton.connect("clicked(bool)", self._goToMostAnomalousSlice)
         self.ui.showChartButton.connect("clicked(bool)", self._showChart)
+        self.ui.fitButton.connect("clicked(bool)", self._onFitOrCancel)
         self.ui.progressBar.hide()
+        self.ui.fitProgressBar.hide()
         self.ui.resultsCollapsibleButton.collapsed = True
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *args: self.enter())
@@ -73,9 +81,11 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._setParameterNode(None)
 
     def cleanup(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        for worker in (self.worker, self.fitWorker):
+            if worker is not None:
+                worker.cancel()
         self._pollTimer.stop()
+        self._fitTimer.stop()
         self._setParameterNode(None)
         self.removeObservers()
 
@@ -100,10 +110,10 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
     def _fillModels(self) -> None:
         combo = self.ui.modelComboBox
         combo.clear()
-        for card in list_bundled_models():
+        for card, folder in list_models():
             combo.addItem(card.name, card.name)
             combo.setItemData(combo.count - 1, f"{card.method} model for {card.modality.upper()} MRI, "
-                                               f"version {card.version}", qt.Qt.ToolTipRole)
+                                               f"version {card.version} ({folder})", qt.Qt.ToolTipRole)
         combo.addItem(LOAD_BUNDLE_TEXT, "")
 
     def _selectModel(self, model: str) -> None:
@@ -166,7 +176,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         except InputError as error:
             slicer.util.errorDisplay(str(error))
             return
-        self.worker = DetectionWorker(job)
+        self.worker = Worker(job)
         self.worker.start()
         self.ui.statusLabel.text = "\n".join(job.warnings)
         self.ui.progressBar.value = 0
@@ -176,24 +186,13 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
 
     def _poll(self) -> None:
         worker = self.worker
-        fraction, stage = worker.progress
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.progressBar.format = f"{stage}: %p%"
-        if not worker.done:
+        if not _followProgress(worker, self.ui.progressBar, self._pollTimer):
             return
-        self._pollTimer.stop()
         self.worker = None
-        self.ui.progressBar.hide()
         self._updateState()
-        if worker.cancelled:
-            self.ui.statusLabel.text = "Cancelled; the scene was not changed."
-        elif isinstance(worker.error, InputError):
-            slicer.util.errorDisplay(str(worker.error))
-        elif worker.error is not None:
-            details = "".join(traceback.format_exception(worker.error))
-            logging.error(details)
-            slicer.util.errorDisplay(f"Detection failed: {worker.error}", detailedText=details)
-        elif self._parameterNode is not None:
+        if _reportUnfinished(worker, self.ui.statusLabel, "Cancelled; the scene was not changed.", "Detection"):
+            return
+        if self._parameterNode is not None:
             self._show(self.logic.apply(worker.job, worker.result, self._parameterNode.outputMap,
                                         self._parameterNode.outputLabel, self._parameterNode.outputTable))
 
@@ -243,3 +242,85 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         outputs = self._currentOutputs()
         if outputs is not None:
             slicer.modules.plots.logic().ShowChartInLayout(outputs.chart)
+
+    # Learn normal from references ---------------------------------------------------------------------------------
+
+    def _referenceSlices(self) -> tuple[int, int] | None:
+        text = self.ui.referenceSlicesLineEdit.text.strip()
+        if not text or text.lower() == "all":
+            return None
+        try:
+            first, last = (int(part) for part in text.replace(" ", "").split("-"))
+        except ValueError:
+            raise InputError(f"slices must be 'all' or first-last, e.g. 40-90, not {text!r}") from None
+        if first > last or first < 0:
+            raise InputError(f"slice range {text} must run from a first to a later slice, from 0 on")
+        return first, last
+
+    def _onFitOrCancel(self) -> None:
+        if self.fitWorker is not None:
+            self.fitWorker.cancel()
+            self.ui.fitStatusLabel.text = "Cancelling…"
+            return
+        try:
+            job = self.logic.prepareFit(
+                self.ui.referencesSelector.checkedNodes(), self.ui.newModelNameLineEdit.text.strip(),
+                self.ui.referenceModalityComboBox.currentText.lower(), sliceRange=self._referenceSlices(),
+                backbone=self.ui.backbonePathLineEdit.currentPath or None,
+                textureDir=self.ui.textureFolderLineEdit.currentPath or None)
+        except InputError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.fitWorker = Worker(job)
+        self.fitWorker.start()
+        self.ui.fitButton.text = "Cancel"
+        self.ui.fitStatusLabel.text = "\n".join(job.warnings)
+        self.ui.fitProgressBar.value = 0
+        self.ui.fitProgressBar.show()
+        self._fitTimer.start()
+
+    def _pollFit(self) -> None:
+        worker = self.fitWorker
+        if not _followProgress(worker, self.ui.fitProgressBar, self._fitTimer):
+            return
+        self.fitWorker = None
+        self.ui.fitButton.text = "Fit"
+        if not _reportUnfinished(worker, self.ui.fitStatusLabel, "Cancelled; no model was saved.", "Fitting"):
+            self._useFittedModel(worker.result)
+
+    def _useFittedModel(self, fitted: FittedModel) -> None:
+        """Add the new model to the list, select it for Detect and say what to watch for."""
+        card = fitted.bundle.card
+        self._fillModels()
+        self._selectModel(card.name)
+        lines = [f"Model {card.name} saved in {fitted.bundle.path} ({card.training['seconds']:.0f} s); "
+                 "it is selected for Detect. Its threshold is the discriminator's p = 0.5 (not calibrated).",
+                 *fitted.warnings]
+        self.ui.fitStatusLabel.text = "\n".join(lines)
+
+
+def _followProgress(worker: Worker, bar: qt.QProgressBar, timer: qt.QTimer) -> bool:
+    """Show the worker's progress on ``bar``; once it is done, stop ``timer``, hide ``bar`` and return True."""
+    fraction, stage = worker.progress
+    bar.value = int(round(100 * fraction))
+    bar.format = f"{stage}: %p%"
+    if not worker.done:
+        return False
+    timer.stop()
+    bar.hide()
+    return True
+
+
+def _reportUnfinished(worker: Worker, status: qt.QLabel, cancelledText: str, what: str) -> bool:
+    """Say why a finished worker has no result (cancelled, bad input, failure); False when it has one."""
+    if worker.cancelled:
+        status.text = cancelledText
+    elif isinstance(worker.error, InputError):
+        slicer.util.errorDisplay(str(worker.error))
+    elif worker.error is not None:
+        details = "".join(traceback.format_exception(worker.error))
+        logging.error(details)
+        slicer.util.errorDisplay(f"{what} failed: {worker.error}", detailedText=details)
+    else:
+        return False
+    return True

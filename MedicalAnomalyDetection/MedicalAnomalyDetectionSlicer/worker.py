@@ -1,26 +1,33 @@
-"""Running a :class:`~MedicalAnomalyDetectionSlicer.logic.DetectionJob` on a Python thread.
+"""Running a long job of the logic (a :class:`~MedicalAnomalyDetectionSlicer.logic.DetectionJob` or a
+:class:`~MedicalAnomalyDetectionSlicer.logic.FitJob`) on a Python thread.
 
-Why a thread and not a ``qt.QProcess`` running ``python -m MedicalAnomalyDetectionLib``: the core's ``detect()`` takes
+Why a thread and not a ``qt.QProcess`` running ``python -m MedicalAnomalyDetectionLib``: the core's ``detect()`` and ``fit_references()`` take
 ``progress`` and ``cancel`` callables, torch releases the GIL in its kernels so Slicer's event loop keeps running, and
 the volume never has to be written to and read back from disk. The thread touches no MRML or Qt object: the widget
-polls :attr:`DetectionWorker.progress` from a ``qt.QTimer`` and writes the result into the scene on the main thread.
+polls :attr:`Worker.progress` from a ``qt.QTimer`` and writes the result into the scene on the main thread.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable, Protocol
 
-from MedicalAnomalyDetectionLib.inference import Cancelled, Detection
-
-from .logic import DetectionJob
+from MedicalAnomalyDetectionLib.inference import Cancelled, ProgressCallback
 
 
-class DetectionWorker:
-    """One detection in a daemon thread; read ``progress``, ``done``, ``result``, ``error``; call ``cancel()``."""
+class Job(Protocol):
+    """What a worker runs: ``run`` touches no MRML or Qt object and reports progress and honours cancel."""
 
-    def __init__(self, job: DetectionJob) -> None:
+    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Any:
+        ...
+
+
+class Worker:
+    """One job in a daemon thread; read ``progress``, ``done``, ``result``, ``error``; call ``cancel()``."""
+
+    def __init__(self, job: Job) -> None:
         self.job = job
-        self.result: Detection | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
         self._progress = (0.0, "starting")
         self._lock = threading.Lock()

@@ -17,7 +17,7 @@ from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolu
 from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
                                                  SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)
 from MedicalAnomalyDetectionSlicer.modality import describedModalities  # noqa: E402
-from MedicalAnomalyDetectionSlicer.worker import DetectionWorker  # noqa: E402
+from MedicalAnomalyDetectionSlicer.worker import Worker  # noqa: E402
 
 # An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
 LPS_AXES = np.diag([-1.0, -1.0, 1.0])
@@ -262,7 +262,7 @@ def test_slice_centre_ras(scene, volume):
 
 def test_worker_runs_in_a_thread_and_cancels(scene, volume, intensity_bundle):
     logic = MedicalAnomalyDetectionLogic()
-    worker = DetectionWorker(logic.prepare(volume, intensity_bundle.path))
+    worker = Worker(logic.prepare(volume, intensity_bundle.path))
     worker.start()
     assert worker.wait(20)
     assert worker.error is None and worker.progress == (1.0, "done")
@@ -270,8 +270,59 @@ def test_worker_runs_in_a_thread_and_cancels(scene, volume, intensity_bundle):
     assert _array(outputs.anomalyLabel).sum() == outputs.anomalousVoxels > 0
 
     ids = node_ids(scene)
-    cancelled = DetectionWorker(logic.prepare(volume, intensity_bundle.path))
+    cancelled = Worker(logic.prepare(volume, intensity_bundle.path))
     cancelled.cancel()
     cancelled.start()
     assert cancelled.wait(20) and cancelled.cancelled and cancelled.result is None
     assert node_ids(scene) == ids
+
+
+def test_learn_normal_from_references_then_detect_with_the_new_model(scene, volume, tmp_path):
+    from test_pathoscope import TINY_PATHOSCOPE, TINY_SETTINGS
+
+    from conftest import TINY_PRE
+
+    references = [add_volume(scene, head_array(blob=None, seed=s), f"healthy FLAIR {s}", origin_ras=ORIGIN_RAS,
+                             directions_ras=LPS_AXES) for s in (1, 2)]
+    before = [_array(node) for node in references]
+    ids = node_ids(scene)
+    logic = MedicalAnomalyDetectionLogic()
+    options = dict(modelsDir=tmp_path, pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE)
+    fitted = logic.fitReferences(references, "my-normal", "flair", **options)
+    assert fitted.bundle.path == tmp_path / "my-normal" and fitted.bundle.card.method == "pathoscope"
+    assert fitted.bundle.card.training["references"] == ["healthy FLAIR 1", "healthy FLAIR 2"]
+    assert node_ids(scene) == ids  # fitting adds nothing to the scene
+    for node, array in zip(references, before):
+        np.testing.assert_array_equal(_array(node), array)
+
+    outputs = logic.process(volume, model=fitted.bundle.path, device="cpu")
+    assert outputs.model == "my-normal" and outputs.threshold == 0.5
+    assert _array(outputs.anomalyMap).shape == _array(volume).shape
+
+    with pytest.raises(InputError, match="at least 2"):
+        logic.fitReferences(references[:1], "one", "flair", **options)
+    with pytest.raises(InputError, match="selected twice"):
+        logic.fitReferences([references[0], references[0]], "twice", "flair", **options)
+    label = add_volume(scene, head_array(), "label", class_name="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(InputError, match="scalar MRI volumes"):
+        logic.fitReferences([references[0], label], "label", "flair", **options)
+    t1 = add_volume(scene, head_array(blob=None, seed=3), "T1 MPRAGE", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES)
+    assert any("looks like T1" in w for w in logic.prepareFit([references[0], t1], "t1", "flair", **options).warnings)
+
+
+def test_fit_runs_in_a_worker_and_cancel_writes_nothing(scene, tmp_path):
+    from test_pathoscope import TINY_PATHOSCOPE, TINY_SETTINGS
+
+    from conftest import TINY_PRE
+
+    references = [add_volume(scene, head_array(blob=None, seed=s), f"healthy {s}") for s in (1, 2)]
+    logic = MedicalAnomalyDetectionLogic()
+    options = dict(modelsDir=tmp_path, pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE)
+    cancelled = Worker(logic.prepareFit(references, "cancelled", "flair", **options))
+    cancelled.cancel()
+    cancelled.start()
+    assert cancelled.wait(60) and cancelled.cancelled and not (tmp_path / "cancelled").exists()
+    worker = Worker(logic.prepareFit(references, "fitted", "flair", **options))
+    worker.start()
+    assert worker.wait(60) and worker.error is None and worker.progress == (1.0, "done")
+    assert worker.result.bundle.card.name == "fitted" and (tmp_path / "fitted" / "weights.pt").exists()

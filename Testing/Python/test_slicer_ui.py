@@ -20,7 +20,8 @@ QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "Resources" / "UI" / "MedicalAnomalyDetection.ui"
 PACKAGE = REPO / "MedicalAnomalyDetection" / "MedicalAnomalyDetectionSlicer"
-STAND_INS = ("ctkCollapsibleButton", "ctkSliderWidget", "qMRMLNodeComboBox", "qMRMLWidget")
+STAND_INS = ("ctkCollapsibleButton", "ctkSliderWidget", "ctkPathLineEdit", "qMRMLNodeComboBox",
+             "qMRMLCheckableNodeComboBox", "qMRMLWidget")
 
 # What the panel code expects each widget it touches to be.
 EXPECTED_CLASSES = {
@@ -31,6 +32,11 @@ EXPECTED_CLASSES = {
     "statusLabel": "QLabel", "thresholdSlider": "ctkSliderWidget", "volumeScoreLabel": "QLabel",
     "anomalousVoxelsLabel": "QLabel", "deviceUsedLabel": "QLabel", "goToSliceButton": "QPushButton",
     "showChartButton": "QPushButton", "resultsCollapsibleButton": "ctkCollapsibleButton",
+    "referencesCollapsibleButton": "ctkCollapsibleButton", "referencesSelector": "qMRMLCheckableNodeComboBox",
+    "referenceSlicesLineEdit": "QLineEdit", "referenceModalityComboBox": "QComboBox",
+    "newModelNameLineEdit": "QLineEdit", "backbonePathLineEdit": "ctkPathLineEdit",
+    "textureFolderLineEdit": "ctkPathLineEdit", "fitButton": "QPushButton", "fitProgressBar": "QProgressBar",
+    "fitStatusLabel": "QLabel",
 }
 
 
@@ -102,6 +108,12 @@ def test_device_choices_match_the_parameter_choices(panel):
     assert list(ast.literal_eval(devices.value)) == items
 
 
+def test_reference_contrasts_are_ones_the_models_name(panel):
+    combo = _widget(panel, "referenceModalityComboBox")
+    assert [combo.itemText(i) for i in range(combo.count())] == ["FLAIR", "T1", "T2"]
+    assert list(_widget(panel, "referencesSelector").property("nodeTypes")) == ["vtkMRMLScalarVolumeNode"]
+
+
 def test_detect_starts_disabled(panel):
     button = _widget(panel, "detectButton")
     assert button.text() == "Detect" and not button.isEnabled()
@@ -112,8 +124,9 @@ def test_every_node_selector_gets_the_scene():
     import xml.etree.ElementTree as ElementTree
 
     root = ElementTree.parse(UI_FILE).getroot()
-    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    selectors = {w.get("name") for w in root.iter("widget")
+                 if w.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
     connected = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    assert len(selectors) == 5 and selectors == connected
+    assert len(selectors) == 6 and selectors == connected
