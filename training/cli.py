@@ -1,4 +1,4 @@
-"""``python -m training {prepare,fit,export,calibrate,evaluate,compare,bench,render,table}``: from healthy data to a calibrated,
+"""``python -m training {prepare,fit,export,calibrate,evaluate,compare,fewshot,backbone,bench,render,table}``: from healthy data to a calibrated,
 evaluated model bundle. Each command prints what it wrote; the model card records the commands that made it."""
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     device = choose_device(args.device)
     autoencoder = AutoencoderConfig(widths=tuple(args.widths), sign=args.sign)
-    if args.method == "ocsvm":
+    if args.method == "pathoscope":
+        record = fit_pathoscope_run(args, data)
+    elif args.method == "ocsvm":
         record = fit_ocsvm(data, OCSVMConfig(patch=args.hole, patch_grid=min(8, args.hole)), args.run_dir,
                            seed=args.seed)
     else:
@@ -69,9 +71,31 @@ def cmd_fit(args: argparse.Namespace) -> None:
           f"{record['slices']} slices, {record['seconds']} s")
 
 
+def pathoscope_settings(args: argparse.Namespace):
+    """The few-shot settings the ``fit`` flags ask for."""
+    from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
+
+    return FewShotSettings(steps=args.steps, seed=args.seed, eta=args.eta,
+                           local_contrastive=not args.no_local_contrastive,
+                           global_contrastive=not args.no_global_contrastive)
+
+
+def fit_pathoscope_run(args: argparse.Namespace, data) -> dict:
+    from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
+
+    from .pathoscope_fit import fit_shots, save_run
+
+    config = PathoSCOPEConfig(backbone=args.backbone.name if args.backbone else f"random (seed {args.seed})")
+    settings = pathoscope_settings(args)
+    result, drawn = fit_shots(data, args.shots, config, settings, args.slices_per_shot, args.backbone,
+                              args.textures)
+    return save_run(result, drawn, config, settings, args.run_dir)
+
+
 # The modules of a run's checkpoint that go into a bundle, per method (discriminators only where scoring uses them).
 EXPORTED_MODULES = {"patchgan": ("reconstructor",), "ae": ("autoencoder",), "alocc": ("reconstructor", "discriminator"),
-                    "ocsvm": ("slice_svm", "patch_svm")}
+                    "ocsvm": ("slice_svm", "patch_svm"),
+                    "pathoscope": ("embedder", "adapter", "discriminator")}
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -102,8 +126,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         card = ModelCard(
             name=args.name, method=run["method"], version=__version__, modality=source["modality"],
             preprocessing=Preprocessing.from_dict(source["preprocessing"]), hyperparameters=run["config"],
-            training={"data": f"{source['dataset']} {source['split']} ({source['cases']} cases, "
-                              f"{run['slices']} healthy slices)",
+            training={"data": f"{source['dataset']} {source['split']} ({run['cases']} cases, "
+                              f"{run['slices']} healthy slices)"
+                              + (f"; reference cases {', '.join(run['shots'])}" if "shots" in run else ""),
                       "fit_command": run["command"], "export_command": _command_line(),
                       "epochs": int(checkpoint["epoch"]), "seed": run["settings"]["seed"],
                       "settings": run["settings"], "seconds": run["seconds"], "device": run["device_name"],
@@ -206,6 +231,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"{args.out}: comparison.md, comparison.json and figures written")
 
 
+def cmd_backbone(args: argparse.Namespace) -> None:
+    from .backbone_ssl import pretrain_backbone
+    from .slice_set import SliceSet
+
+    record = pretrain_backbone([SliceSet.load(p) for p in args.data], args.steps, args.batch_size, args.out,
+                               args.seed)
+    record["command"] = _command_line()
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{args.out}: ResNet18 trunk, {record['seconds']} s")
+
+
+def cmd_fewshot(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
+
+    from .fewshot_eval import run_fewshot_table
+    from .slice_set import SliceSet
+
+    run_fewshot_table(SliceSet.load(args.data), args.data_root, args.datasets, args.shots, args.draws,
+                      args.ablation_draws, args.ablation_dataset, args.baselines, args.out,
+                      FewShotSettings(steps=args.steps), _command_line())
+    print(f"{args.out}: results.json and table.md written")
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from .results_table import markdown_table
 
@@ -233,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("fit", help="train a method on a prepared slice cache")
-    p.add_argument("--method", default="patchgan", choices=("patchgan", "ae", "alocc", "ocsvm"))
+    p.add_argument("--method", default="patchgan", choices=("patchgan", "ae", "alocc", "ocsvm", "pathoscope"))
     p.add_argument("--data", type=Path, required=True, help=".npz written by `prepare`")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=100)
@@ -247,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="add the log-variance head; maps become residual / predicted sigma")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    fewshot = p.add_argument_group("pathoscope (few-shot; runs on the CPU)")
+    fewshot.add_argument("--shots", type=int, default=8, help="reference cases drawn from the cache (seed: --seed)")
+    fewshot.add_argument("--slices-per-shot", type=int, default=0,
+                         help="healthy slices per drawn case (0: all; 1: the paper's protocol)")
+    fewshot.add_argument("--steps", type=int, default=150, help="training steps of adapter and discriminator")
+    fewshot.add_argument("--eta", type=float, default=0.01, help="PiEG perturbation strength")
+    fewshot.add_argument("--backbone", type=Path, help="torchvision ResNet18 state dict (default: random init)")
+    fewshot.add_argument("--textures", type=Path, help="folder of extra texture images for synthetic lesions")
+    fewshot.add_argument("--no-local-contrastive", action="store_true", help="ablation: drop L_LC")
+    fewshot.add_argument("--no-global-contrastive", action="store_true", help="ablation: drop L_GC")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
     p.set_defaults(func=cmd_fit)
@@ -302,6 +360,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--update-cards", action="store_true", help="store each model's metrics in its card")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("backbone", help="self-supervised (SimCLR) ResNet18 trunk on healthy slices, for PathoSCOPE")
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="slice caches of training splits")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_backbone)
+
+    p = sub.add_parser("fewshot", help="PathoSCOPE's Table 1 and 3: K shots x random draws on the test splits")
+    p.add_argument("--data", type=Path, required=True, help="slice cache the shots are drawn from")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--datasets", nargs="+", default=["lgg_flair", "brats2013", "mslub"])
+    p.add_argument("--shots", type=int, nargs="+", default=[2, 4, 6, 8])
+    p.add_argument("--draws", type=int, default=3, help="random draws of the shots per K")
+    p.add_argument("--ablation-draws", type=int, default=2, help="draws per K for the L_LC / L_GC ablation")
+    p.add_argument("--ablation-dataset", default="brats2013")
+    p.add_argument("--baselines", nargs="*", default=["patchgan-flair", "intensity-flair"])
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_fewshot)
 
     p = sub.add_parser("table", help="markdown table of the metrics stored in the bundled model cards")
     p.set_defaults(func=cmd_table)

@@ -1,4 +1,5 @@
-"""Detection and segmentation metrics: slice AUROC/AP, voxel AUROC/AP, best-threshold Dice and Dice at a threshold."""
+"""Detection and segmentation metrics: slice AUROC/AP, voxel AUROC/AP, best-threshold Dice, Dice at a threshold and
+AU-PRO (per-region overlap)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,21 @@ def best_dice(labels: np.ndarray, scores: np.ndarray, candidates: int = 2000) ->
     dice = 2.0 * true_positive / (predicted + labels.sum())
     best = int(np.argmax(dice))
     return float(dice[best]), float(thresholds[best])
+
+
+def pro_auc(regions: list[np.ndarray], scores: list[np.ndarray], max_fpr: float = 0.3, points: int = 300) -> float | None:
+    """AU-PRO (MVTec AD): the mean overlap of each lesion region with the voxels flagged at a threshold, integrated
+    over the false-positive rate of healthy voxels from 0 to ``max_fpr`` and divided by ``max_fpr``. ``regions`` are
+    per-case labels aligned with ``scores`` (0: healthy, k > 0: connected lesion region k of that case); every
+    region counts once whatever its size. None without regions."""
+    healthy = np.sort(np.concatenate([s[r == 0] for r, s in zip(regions, scores)]))
+    per_region = [np.sort(s[r == k]) for r, s in zip(regions, scores) for k in np.unique(r[r > 0])]
+    if not per_region or not len(healthy):
+        return None
+    thresholds = np.quantile(healthy, 1.0 - np.linspace(0.0, max_fpr, points))
+    fpr = 1.0 - np.searchsorted(healthy, thresholds, side="left") / len(healthy)
+    overlap = np.mean([1.0 - np.searchsorted(region, thresholds, side="left") / len(region)
+                       for region in per_region], axis=0)
+    keep = fpr <= max_fpr
+    x, y = fpr[keep], overlap[keep]
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0) / max_fpr)
