@@ -104,7 +104,7 @@ def markdown(results: dict, datasets: list[str], shots: list[int], ablation_data
         for method in methods:
             entry = results.get(f"{method}|-|-|{dataset}")
             if entry:
-                rows.append(f"| {method} (all training data) | – | "
+                rows.append(f"| {method} (bundled) | – | "
                             + " | ".join(_cell([entry.get(m)]) for m, _ in METRICS) + " |")
         for k in shots:
             entries = [v for key, v in results.items() if key.startswith(f"PathoSCOPE {FULL}|{k}|")
@@ -115,11 +115,13 @@ def markdown(results: dict, datasets: list[str], shots: list[int], ablation_data
         rows.append("")
     rows += [f"### Ablation of the contrastive losses (Table 3), {ablation_dataset} test: image AUROC / pixel AUROC",
              "", "| losses | " + " | ".join(f"K = {k}" for k in shots) + " |", "|---|" + "---|" * len(shots)]
-    for variant in VARIANTS:
+    key = lambda variant, k, draw: f"PathoSCOPE {variant}|{k}|{draw}|{ablation_dataset}"  # noqa: E731
+    shared = {k: sorted({int(name.split("|")[2]) for name in results if name.startswith(f"PathoSCOPE {FULL}|{k}|")
+                         and all(key(v, k, name.split("|")[2]) in results for v in VARIANTS)}) for k in shots}
+    for variant in VARIANTS:  # each K over the draws that every variant has, so the rows compare like with like
         cells = []
         for k in shots:
-            entries = [v for key, v in results.items() if key.startswith(f"PathoSCOPE {variant}|{k}|")
-                       and key.endswith(f"|{ablation_dataset}")]
+            entries = [results[key(variant, k, draw)] for draw in shared[k]]
             cells.append(f"{_cell([e.get('slice_auroc') for e in entries])} / "
                          f"{_cell([e.get('voxel_auroc') for e in entries])} ({len(entries)})" if entries else "–")
         rows.append(f"| {variant} | " + " | ".join(cells) + " |")

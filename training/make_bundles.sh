@@ -54,3 +54,16 @@ python -m training compare --models patchgan-flair patchgan-flair-paper alocc-fl
 for model in patchgan-flair patchgan-t1; do
     python -m training bench --model $model --device cpu --update-card
 done
+
+# PathoSCOPE, few-shot (issue 5), on the CPU in about a minute: 8 reference cases drawn with seed 0 from lgg_flair
+# train, the default random-initialised backbone; then the few-shot tables (Tables 1 and 3, about 1.5 h on 2 cores)
+python -m training fit --method pathoscope --data cache/lgg_flair_train.npz --run-dir runs/pathoscope-flair \
+    --shots 8 --seed 0
+python -m training export --run runs/pathoscope-flair --name pathoscope-flair --out $MODELS/pathoscope-flair
+python -m training calibrate --model pathoscope-flair --dataset "$DATA/lgg_flair" --split val --device cpu
+for dataset in lgg_flair brats2013 mslub; do
+    $evaluate --model pathoscope-flair --dataset "$DATA/$dataset" --out docs/results/pathoscope-flair/$dataset
+done
+python -m training bench --model pathoscope-flair --device cpu --update-card
+python -m training fewshot --data cache/lgg_flair_train.npz --data-root "$DATA" --out docs/fewshot --draws 2 \
+    --ablation-draws 1

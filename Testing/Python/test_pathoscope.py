@@ -189,6 +189,20 @@ def test_fit_references_saves_a_model_detect_uses_and_never_overwrites(tmp_path)
                        config=TINY_PATHOSCOPE)
 
 
+def test_mad_detect_runs_a_fitted_model(tmp_path):
+    from MedicalAnomalyDetectionLib.cli import main
+
+    fit_references([Reference(f"h{i}", _volume(i)) for i in range(2)], "cli-model", tmp_path, "flair",
+                   pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE)
+    sitk.WriteImage(_volume(7, blob=(12, 20, 26)), str(tmp_path / "case.nii.gz"))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "case.nii.gz"), "--model", str(tmp_path / "cli-model"), "--output-dir", str(out),
+                 "--device", "cpu"]) == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_label.nii.gz")))
+    anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_map.nii.gz")))
+    np.testing.assert_array_equal(label, (anomaly >= 0.5).astype(np.uint8))
+
+
 def test_fit_references_refuses_too_few_and_warns_of_lesions_and_thick_slices(tmp_path):
     with pytest.raises(InputError, match="at least 2"):
         fit_references([Reference("only", _volume(0))], "x", tmp_path, "flair", pre=TINY_PRE)

@@ -14,7 +14,8 @@ Choices the paper leaves open, made here:
   they are read in a space where healthy tissue lies PAPER_TYPICAL_DISTANCE = 0.05 from its nearest anchor (median
   over augmented healthy embeddings): PiEG's largest move, T * eta = 0.2, is 4 such distances and the noise (norm
   about 0.29) almost 6, so the synthetic embeddings are clearly off the healthy manifold even after the ascent pulls
-  them back. Chosen on lgg_flair val (K = 2, seed 0; pixel AUROC 0.17 at 0.1, 0.92 at 0.05, 0.90 at 0.025): at 0.1
+  them back. Chosen on lgg_flair val (K = 2, seed 0; voxel AUROC 0.19 at 0.1, 0.92 at 0.05, 0.90 at 0.025, from
+  docs/analysis/pathoscope_choices.py): at 0.1
   the ascent brought the "pathological" embeddings back to the healthy distance, the discriminator could not tell
   them apart (BCE 2 log 2) and its maps came out inverted. The networks see the same space scaled to a typical
   distance of 1 (step sizes scaled alike): at 0.05 the discriminator's inputs would be too small to learn from in a

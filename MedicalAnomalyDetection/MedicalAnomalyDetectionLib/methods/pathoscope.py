@@ -7,6 +7,12 @@ model grid, Gaussian-smoothed, kept inside the brain. Slice score = maximum of t
 Training (the anchor bank, synthetic pathologies, Tritanh losses and PiEG) is in ``fewshot/``.
 
 Choices the paper leaves open, made here:
+- Backbone: ImageNet weights cannot be downloaded here, so a user's torchvision ResNet18 state dict is loaded when
+  given (``backbone.load_resnet18_state``), and the default is the trunk with torchvision's random initialisation
+  (seeded; stored in the bundle like every other weight). On lgg_flair val it beat a ResNet18 pretrained here with
+  SimCLR on healthy lgg_flair + ixi_t1 training slices (voxel AUROC 0.92 against 0.40 at K = 2,
+  docs/analysis/pathoscope_choices.md). A plausible reason: random convolutions keep local intensity and texture,
+  which is what tells a FLAIR lesion apart, while contrastive pretraining teaches invariance to intensity changes.
 - The model-grid slice (128 x 128) is resized to ``backbone_size`` (256) for the backbone, so layer2 gives a 32 x 32
   feature grid, and repeated to 3 channels after ``(x - input_mean) / input_std``.
 - Each feature channel is standardised with the reference shots' statistics and the vector divided by sqrt(384) (the

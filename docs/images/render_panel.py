@@ -1,0 +1,30 @@
+"""Renders docs/images/slicer_panel.png: the module's .ui loaded offscreen with PySide6, Slicer's ctk/qMRML widgets
+replaced by the nearest plain Qt widgets and a few example values filled in (not a screenshot of Slicer).
+
+Run from the repository root: ``QT_QPA_PLATFORM=offscreen python docs/images/render_panel.py``.
+"""
+
+from PySide6 import QtUiTools, QtWidgets
+
+STAND_INS = {"ctkCollapsibleButton": QtWidgets.QGroupBox, "ctkSliderWidget": QtWidgets.QDoubleSpinBox,
+             "ctkPathLineEdit": QtWidgets.QLineEdit, "qMRMLNodeComboBox": QtWidgets.QComboBox,
+             "qMRMLCheckableNodeComboBox": QtWidgets.QComboBox, "qMRMLWidget": QtWidgets.QWidget}
+
+app = QtWidgets.QApplication([])
+loader = QtUiTools.QUiLoader()
+for name, base in STAND_INS.items():
+    loader.registerCustomWidget(type(name, (base,), {}))
+panel = loader.load("Resources/UI/MedicalAnomalyDetection.ui")
+for box in panel.findChildren(QtWidgets.QGroupBox):
+    box.setTitle(box.property("text") or "")
+panel.findChild(QtWidgets.QComboBox, "inputSelector").addItem("mslub-patient19 flair")
+panel.findChild(QtWidgets.QComboBox, "modelComboBox").addItems(["patchgan-flair", "pathoscope-flair"])
+panel.findChild(QtWidgets.QComboBox, "referencesSelector").addItem("healthy-1 FLAIR, healthy-2 FLAIR (2 checked)")
+panel.findChild(QtWidgets.QLineEdit, "newModelNameLineEdit").setText("my-scanner-flair")
+panel.findChild(QtWidgets.QProgressBar, "progressBar").hide()
+progress = panel.findChild(QtWidgets.QProgressBar, "fitProgressBar")
+progress.setValue(42)
+progress.setFormat("training adapter and discriminator: %p%")
+panel.resize(420, 900)
+panel.adjustSize()
+panel.grab().save("docs/images/slicer_panel.png")
