@@ -294,7 +294,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._fillModels()
         self._selectModel(card.name)
         lines = [f"Model {card.name} saved in {fitted.bundle.path} ({card.training['seconds']:.0f} s); "
-                 "it is selected for Detect. Its threshold is the discriminator's p = 0.5 (not calibrated).",
+                 "it is selected for Detect. Its threshold comes from the references themselves, so expect "
+                 "somewhat more flagged on new scans; calibrate on healthy validation scans when you can.",
                  *fitted.warnings]
         self.ui.fitStatusLabel.text = "\n".join(lines)
 

@@ -296,7 +296,7 @@ def test_learn_normal_from_references_then_detect_with_the_new_model(scene, volu
         np.testing.assert_array_equal(_array(node), array)
 
     outputs = logic.process(volume, model=fitted.bundle.path, device="cpu")
-    assert outputs.model == "my-normal" and outputs.threshold == 0.5
+    assert outputs.model == "my-normal" and outputs.threshold == fitted.bundle.card.thresholds["pixel"]
     assert _array(outputs.anomalyMap).shape == _array(volume).shape
 
     with pytest.raises(InputError, match="at least 2"):

@@ -16,6 +16,7 @@ from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bu
 from ..card import ModelCard, Preprocessing
 from ..errors import InputError
 from ..inference import ProgressCallback, detect
+from ..methods import build_method
 from ..methods.backbone import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
 from ..preprocessing import prepare_volume, to_input_grid
@@ -27,8 +28,10 @@ from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 LESION_WARNING_SHARE = 0.005
 # A reference is acquired in a plane when its slices are this much thicker than the in-plane spacing.
 THICK_SLICE_RATIO = 2.0
-# Only the threshold the fit itself can justify: p = 0.5 is the discriminator's decision boundary.
-DECISION_BOUNDARY = 0.5
+# Without validation scans, thresholds come from the references themselves: the map value exceeded by this share of
+# their brain pixels, and the slice score exceeded by this share of their slices (in-sample, so on new healthy scans
+# somewhat more is flagged).
+PIXEL_FPR, SLICE_FPR = 0.001, 0.05
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,23 @@ def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarr
     return prepared.slices[keep], prepared.mask[keep]
 
 
+def reference_thresholds(state_dict: dict[str, torch.Tensor], pre: Preprocessing, config: PathoSCOPEConfig,
+                         slices: list[np.ndarray], masks: list[np.ndarray]) -> dict:
+    """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references."""
+    card = ModelCard(name="references", method="pathoscope", version=__version__, modality="", preprocessing=pre,
+                     hyperparameters=config.to_dict())
+    method = build_method(Bundle(card=card, state_dict=state_dict, path=Path(".")), torch.device("cpu"))
+    pixels, scores = [], []
+    for reference_slices, reference_masks in zip(slices, masks):
+        for start in range(0, len(reference_slices), 32):
+            mask = torch.from_numpy(reference_masks[start:start + 32])
+            scored = method.score(torch.from_numpy(reference_slices[start:start + 32]), mask)
+            pixels.append(scored.maps[mask].numpy())
+            scores.append(scored.scores.numpy())
+    return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
+            "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR}
+
+
 def fit_references(references: list[Reference], name: str, models_dir: Path, modality: str,
                    pre: Preprocessing = Preprocessing(), settings: FewShotSettings = FewShotSettings(),
                    config: PathoSCOPEConfig = PathoSCOPEConfig(), backbone: Path | None = None,
@@ -137,9 +157,9 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
     card = ModelCard(
         name=name, method="pathoscope", version=__version__, modality=modality.lower(), preprocessing=pre,
         hyperparameters={**config.to_dict(), "fit": settings.to_dict()},
-        thresholds={"pixel": DECISION_BOUNDARY, "slice": DECISION_BOUNDARY,
-                    "calibrated_on": "none: p = 0.5, the discriminator's decision boundary (no healthy validation "
-                                     "data was given); calibrate with `python -m training calibrate` when you have it"},
+        thresholds={**reference_thresholds(result.state_dict, pre, config, slices, masks),
+                    "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy "
+                                     "validation scans with `python -m training calibrate` when you have them"},
         training={"data": f"{len(references)} reference volumes ({', '.join(r.name for r in references)}), "
                           f"{result.record['slices']} slices", "references": [r.name for r in references],
                   "seed": settings.seed, "seconds": result.record["seconds"], "device": "cpu",
