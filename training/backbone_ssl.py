@@ -58,8 +58,8 @@ def pretrain_backbone(data: list[SliceSet], steps: int, batch_size: int, out: Pa
     generator = torch.Generator().manual_seed(seed)
     slices = torch.from_numpy(np.concatenate([d.slices for d in data]).astype(np.float32)).unsqueeze(1)
     masks = torch.from_numpy(np.concatenate([d.masks for d in data]).astype(np.float32)).unsqueeze(1)
-    size = PathoSCOPEConfig().backbone_size
     config = PathoSCOPEConfig()
+    size = config.backbone_size
     trunk = ResNet18Trunk().to(memory_format=torch.channels_last)
     head = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))
     optimiser = torch.optim.AdamW(list(trunk.parameters()) + list(head.parameters()), lr=learning_rate,

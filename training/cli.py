@@ -233,6 +233,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_backbone(args: argparse.Namespace) -> None:
     from .backbone_ssl import pretrain_backbone
+
+    if args.out.suffix == ".json":
+        raise InputError("--out names the weights file (e.g. resnet18.pt); its record goes beside it as .json")
     from .slice_set import SliceSet
 
     record = pretrain_backbone([SliceSet.load(p) for p in args.data], args.steps, args.batch_size, args.out,

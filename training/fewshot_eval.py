@@ -15,6 +15,7 @@ import torch
 
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
+from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
@@ -28,6 +29,8 @@ METRICS = (("slice_auroc", "image AUROC"), ("voxel_auroc", "pixel AUROC"), ("pro
 # Table 3's variants: which contrastive losses are on.
 VARIANTS = {"L_LC + L_GC": (True, True), "L_LC": (True, False), "L_GC": (False, True)}
 FULL = "L_LC + L_GC"
+# Key of results.json that holds the fit settings every entry was made with (a rerun must use the same).
+SETTINGS_KEY = "fit settings"
 
 
 def _measure(bundle: Bundle, data_root: Path, dataset: str, cache: dict) -> dict:
@@ -44,11 +47,17 @@ def run_fewshot_table(data: SliceSet, data_root: Path, datasets: list[str], shot
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    fit_settings = {k: v for k, v in settings.to_dict().items()
+                    if k not in ("seed", "local_contrastive", "global_contrastive")}
+    if results.setdefault(SETTINGS_KEY, fit_settings) != fit_settings:
+        raise InputError(f"{path} holds results of other fit settings ({results[SETTINGS_KEY]}); use another --out")
     pre = Preprocessing.from_dict(data.source["preprocessing"])
     cache: dict = {}  # each test case read and preprocessed once
 
     def save() -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
+
+    save()
 
     for name in baselines:
         bundle = load_bundle(name)
@@ -96,7 +105,9 @@ def _cell(values: list[float | None]) -> str:
 def markdown(results: dict, datasets: list[str], shots: list[int], ablation_dataset: str, command: str) -> str:
     """Table 1 per dataset (rows: baselines, PathoSCOPE at each K), then Table 3 (variants x K) on the ablation set."""
     rows = [f"Made by `{command}`. Mean ± std over random draws of the reference cases (the number of draws is in "
-            "brackets); test splits, pooled over cases.", ""]
+            "brackets; every draw in results.json counts, also those an earlier run with more --draws made); test "
+            "splits, pooled over cases.", ""]
+    results = {key: value for key, value in results.items() if key != SETTINGS_KEY}
     methods = sorted({key.split("|")[0] for key in results if key.split("|")[1] == "-"})
     for dataset in datasets:
         rows += [f"### {dataset} test", "", "| method | K | " + " | ".join(t for _, t in METRICS) + " |",

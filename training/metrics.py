@@ -58,10 +58,11 @@ def pro_auc(regions: list[np.ndarray], scores: list[np.ndarray], max_fpr: float 
     per_region = [np.sort(s[r == k]) for r, s in zip(regions, scores) for k in np.unique(r[r > 0])]
     if not per_region or not len(healthy):
         return None
-    thresholds = np.quantile(healthy, 1.0 - np.linspace(0.0, max_fpr, points))
+    thresholds = np.append(np.quantile(healthy, 1.0 - np.linspace(0.0, max_fpr, points)), -np.inf)
     fpr = 1.0 - np.searchsorted(healthy, thresholds, side="left") / len(healthy)
     overlap = np.mean([1.0 - np.searchsorted(region, thresholds, side="left") / len(region)
                        for region in per_region], axis=0)
-    keep = fpr <= max_fpr
-    x, y = fpr[keep], overlap[keep]
+    # Tied scores make the FPR jump past max_fpr: the curve is closed at max_fpr by linear interpolation (MVTec AD).
+    x = np.append(fpr[fpr < max_fpr], max_fpr)
+    y = np.append(overlap[fpr < max_fpr], np.interp(max_fpr, fpr, overlap))
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0) / max_fpr)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 def augment(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
             elastic_px: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random left-right flip, rotation (+-10 deg), scaling (0.9-1.1) and intensity scaling (0.9-1.1) of (B, 1, H, W)
-    slices and their masks; with ``elastic_px`` > 0 also a smooth elastic deformation of up to about that many
-    pixels (a random displacement field on a 4 x 4 grid, upsampled bicubically)."""
+    slices and their masks; with ``elastic_px`` > 0 also a smooth elastic deformation whose displacement has a
+    standard deviation of about that many pixels (a random field on a 4 x 4 grid, upsampled bicubically)."""
     batch = x.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:

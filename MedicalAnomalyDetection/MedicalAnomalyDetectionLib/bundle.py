@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from .errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
@@ -88,7 +91,10 @@ def save_bundle(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tenso
 
 
 def write_card(folder: Path, card: ModelCard) -> None:
-    (Path(folder) / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    """Write card.json through a temporary file, so that an interrupted write never leaves a broken card."""
+    temporary = Path(folder) / (CARD_FILE + ".tmp")
+    temporary.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    os.replace(temporary, Path(folder) / CARD_FILE)
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -127,12 +133,18 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise InputError(f"refusing to load {path}: it needs unpickling arbitrary objects "
-                         f"({str(error).splitlines()[0][:120]}); save a state_dict instead") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise InputError(f"weights file {path} is corrupt: {str(error).splitlines()[0][:160]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                         f"({_first_line(error, 120)}); save a state_dict instead") from None
+    except Exception as error:  # torch.load fails in many ways on files that are not its format
+        raise InputError(f"weights file {path} is corrupt or not a PyTorch file: {_first_line(error, 160)}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise InputError(f"weights file {path} is not a plain state_dict of tensors")
     return state
+
+
+def _first_line(error: BaseException, length: int) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:length]
 
 
 def list_bundled_models() -> list[ModelCard]:
@@ -141,5 +153,12 @@ def list_bundled_models() -> list[ModelCard]:
 
 
 def list_models() -> list[tuple[ModelCard, Path]]:
-    """Every bundled model, then every model in :func:`user_models_dir`: (card, folder) pairs."""
-    return [(read_card(folder), folder) for folder in _model_folders()]
+    """Every bundled model, then every model in :func:`user_models_dir`: (card, folder) pairs. A folder whose card
+    cannot be read is left out with a logged warning (one broken bundle must not hide the others)."""
+    models = []
+    for folder in _model_folders():
+        try:
+            models.append((read_card(folder), folder))
+        except InputError as error:
+            log.warning("skipping model folder %s: %s", folder, error)
+    return models

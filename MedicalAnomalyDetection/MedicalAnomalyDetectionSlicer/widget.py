@@ -108,13 +108,16 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
     # Models ------------------------------------------------------------------------------------------------------
 
     def _fillModels(self) -> None:
+        """(Re)fill the model list without firing model changes; the caller selects a model afterwards."""
         combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
         combo.clear()
         for card, folder in list_models():
             combo.addItem(card.name, card.name)
             combo.setItemData(combo.count - 1, f"{card.method} model for {card.modality.upper()} MRI, "
                                                f"version {card.version} ({folder})", qt.Qt.ToolTipRole)
         combo.addItem(LOAD_BUNDLE_TEXT, "")
+        combo.blockSignals(wasBlocked)
 
     def _selectModel(self, model: str) -> None:
         combo = self.ui.modelComboBox
@@ -126,6 +129,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
 
     def _onModelChanged(self, index: int) -> None:
         combo = self.ui.modelComboBox
+        if index < 0:
+            return
         if combo.itemText(index) == LOAD_BUNDLE_TEXT:
             folder = qt.QFileDialog.getExistingDirectory(self.widget, "Choose a model bundle folder (with card.json)")
             previous = self._parameterNode.model if self._parameterNode else ""

@@ -73,10 +73,14 @@ def test_backbone_that_needs_unpickling_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     with open(path, "wb") as handle:
         pickle.dump({"conv1.weight": torch.zeros(1), "why": object()}, handle)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="refusing"):
         load_resnet18_state(path)
     with pytest.raises(InputError, match="not found"):
         load_resnet18_state(tmp_path / "missing.pt")
+    for name, content in (("empty.pt", b""), ("text.pt", b"hello, not weights")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match="corrupt or not a PyTorch file"):
+            load_resnet18_state(tmp_path / name)
 
 
 def test_tritanh_is_eq2_and_does_not_overflow():
@@ -212,14 +216,26 @@ def test_fit_references_refuses_too_few_and_warns_of_lesions_and_thick_slices(tm
         fit_references([Reference("a", _volume(0), slices=(100, 120)), Reference("b", _volume(1))], "x", tmp_path,
                        "flair", pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE)
     assert not (tmp_path / "x").exists()
-    references = [Reference("lesioned", _volume(0, blob=(12, 20, 26))),
-                  Reference("thick", _volume(1, spacing=(1.0, 1.0, 5.0)))]
-    fitted = fit_references(references, "warned", tmp_path, "flair", pre=TINY_PRE, settings=TINY_SETTINGS,
-                            config=TINY_PATHOSCOPE)
-    assert any(w.startswith("lesioned:") and "learn that lesion as normal" in w for w in fitted.warnings)
+    bad = tmp_path / "bad-textures"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"not a png")
+    healthy = [Reference("a", _volume(0)), Reference("b", _volume(1))]
+    with pytest.raises(InputError, match="broken.png"):
+        fit_references(healthy, "textured", tmp_path, "flair", pre=TINY_PRE, settings=TINY_SETTINGS,
+                       config=TINY_PATHOSCOPE, texture_dir=bad)
+    (tmp_path / "resnet.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="corrupt"):
+        fit_references(healthy, "backboned", tmp_path, "flair", pre=TINY_PRE, backbone=tmp_path / "resnet.pt")
+    assert not (tmp_path / "textured").exists() and not (tmp_path / "backboned").exists()
+
     assert acquisition_plane(_volume(1, spacing=(1.0, 1.0, 5.0))) == "axial"
     sagittal = make_image(head_array(seed=1), spacing=(1.0, 1.0, 5.0), direction=(0, 0, 1, 1, 0, 0, 0, 1, 0))
     assert acquisition_plane(sagittal) == "sagittal"
+    references = [Reference("lesioned", _volume(0, blob=(12, 20, 26))), Reference("thick", sagittal)]
+    fitted = fit_references(references, "warned", tmp_path, "flair", pre=TINY_PRE, settings=TINY_SETTINGS,
+                            config=TINY_PATHOSCOPE)
+    assert any(w.startswith("lesioned:") and "learn that lesion as normal" in w for w in fitted.warnings)
+    assert any(w.startswith("thick was acquired in sagittal slices") for w in fitted.warnings)
 
 
 def _slice_set() -> "SliceSet":
@@ -279,3 +295,6 @@ def test_pro_is_one_for_perfect_maps_and_the_mean_fpr_for_random_ones():
     one_region[:600] += 2  # the large region found, the small one missed: each region counts once
     assert pro_auc([regions], [one_region]) == pytest.approx(0.575, abs=0.04)
     assert pro_auc([np.zeros(10, dtype=int)], [rng.random(10)]) is None
+    tied = np.where(rng.random(20000) < 0.8, 0.0, rng.random(20000))  # most healthy scores exactly 0
+    tied[:900] = 2.0
+    assert pro_auc([regions], [tied]) > 0.99

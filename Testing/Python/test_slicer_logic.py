@@ -318,10 +318,11 @@ def test_fit_runs_in_a_worker_and_cancel_writes_nothing(scene, tmp_path):
     references = [add_volume(scene, head_array(blob=None, seed=s), f"healthy {s}") for s in (1, 2)]
     logic = MedicalAnomalyDetectionLogic()
     options = dict(modelsDir=tmp_path, pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE)
-    cancelled = Worker(logic.prepareFit(references, "cancelled", "flair", **options))
-    cancelled.cancel()
-    cancelled.start()
-    assert cancelled.wait(60) and cancelled.cancelled and not (tmp_path / "cancelled").exists()
+    stages = []
+    with pytest.raises(Cancelled):  # cancelled in the middle of training: no folder, no card
+        logic.fitReferences(references, "cancelled", "flair", progress=lambda f, stage: stages.append(stage),
+                            cancel=lambda: "training adapter and discriminator" in stages, **options)
+    assert not (tmp_path / "cancelled").exists()
     worker = Worker(logic.prepareFit(references, "fitted", "flair", **options))
     worker.start()
     assert worker.wait(60) and worker.error is None and worker.progress == (1.0, "done")

@@ -30,7 +30,9 @@ Choices the paper leaves open, made here:
   ``locations`` random brain locations per image (an unbiased sample of Eq. 4's mean), and during the T ascent steps
   each location keeps the anchor nearest to its healthy embedding.
 - Feature-grid labels: a cell is pathological when at least half of its pixels are in M_p, and brain when at least
-  half are brain; losses are averaged over brain cells.
+  half are brain. The focal loss is averaged over brain cells, L_LC over the lesion cells (Eq. 1), BCE and L_GC over
+  the sampled brain locations. The anchor bank is drawn from the references and their mirror images (at most
+  MAX_CORESET_CANDIDATES embeddings, a random subset beyond that).
 """
 
 from __future__ import annotations

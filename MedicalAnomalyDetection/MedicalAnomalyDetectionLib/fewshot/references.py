@@ -15,13 +15,14 @@ from .. import __version__
 from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
 from ..card import ModelCard, Preprocessing
 from ..errors import InputError
-from ..inference import ProgressCallback, detect
+from ..inference import Cancelled, ProgressCallback, detect
 from ..methods import build_method
 from ..methods.backbone import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
 from ..preprocessing import prepare_volume, to_input_grid
 from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
+from .synthesis import folder_textures
 
 # A reference whose brain is flagged by the modality's intensity baseline at this share or more (five times what its
 # threshold flags on healthy validation slices) probably holds a lesion.
@@ -127,7 +128,8 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
                    progress: ProgressCallback | None = None,
                    cancel: Callable[[], bool] | None = None) -> FittedModel:
     """Fit PathoSCOPE to ``references`` and save it as bundle ``name`` in ``models_dir`` (never over an existing
-    model). Checks come first, so bad input fails before any work and nothing is written for it."""
+    model). Names, backbone file, texture folder and slice ranges are checked before the fit; nothing is written
+    unless the fit completes (a cancel, also after training, saves nothing)."""
     report = progress or (lambda fraction, stage: None)
     if len(references) < MIN_REFERENCES:
         raise InputError(f"learning normal needs at least {MIN_REFERENCES} healthy reference volumes; "
@@ -137,27 +139,31 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
     if not name or Path(name).name != name or name.startswith("."):
         raise InputError(f"model name {name!r} must be a plain folder name")
     folder = Path(models_dir) / name
-    if (folder / CARD_FILE).exists() or (bundled_models_dir() / name / CARD_FILE).exists():
-        raise InputError(f"a model named {name} already exists; choose another name")
+    _check_new_model(folder)
     backbone_state = load_resnet18_state(backbone) if backbone is not None else None
+    if texture_dir is not None:
+        folder_textures(texture_dir)
     config = replace(config, backbone=Path(backbone).name if backbone else f"random (seed {settings.seed})")
 
     report(0.0, "checking references")
-    warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
     slices, masks, ids = [], [], []
     for reference in references:
         s, m = reference_slices(reference, pre)
         slices.append(s)
         masks.append(m)
         ids += [reference.name] * len(s)
+    warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
     result = fit_pathoscope(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)), ids,
                             config, settings, backbone_state=backbone_state, texture_dir=texture_dir,
                             progress=lambda f, stage: report(0.1 + 0.85 * f, stage), cancel=cancel)
+    thresholds = reference_thresholds(result.state_dict, pre, config, slices, masks)
+    if cancel is not None and cancel():
+        raise Cancelled()
     report(0.95, "saving the model")
     card = ModelCard(
         name=name, method="pathoscope", version=__version__, modality=modality.lower(), preprocessing=pre,
         hyperparameters={**config.to_dict(), "fit": settings.to_dict()},
-        thresholds={**reference_thresholds(result.state_dict, pre, config, slices, masks),
+        thresholds={**thresholds,
                     "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy "
                                      "validation scans with `python -m training calibrate` when you have them"},
         training={"data": f"{len(references)} reference volumes ({', '.join(r.name for r in references)}), "
@@ -166,7 +172,13 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
                   "fit": result.record, "warnings": warnings},
         licence={"weights": "derived from the user's reference scans", "non_commercial": False,
                  "training_data": "the user's own reference scans (their terms apply)"})
+    _check_new_model(folder)  # again: another fit may have taken the name meanwhile
     save_bundle(folder, card, result.state_dict)
     report(1.0, "done")
     return FittedModel(bundle=load_bundle(folder), warnings=warnings)
+
+
+def _check_new_model(folder: Path) -> None:
+    if (folder / CARD_FILE).exists() or (bundled_models_dir() / folder.name / CARD_FILE).exists():
+        raise InputError(f"a model named {folder.name} already exists; choose another name")
 
