@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="add the log-variance head; maps become residual / predicted sigma")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    fewshot = p.add_argument_group("pathoscope (few-shot; runs on the CPU)")
+    fewshot = p.add_argument_group("pathoscope (few-shot; runs on the CPU; of the options above it uses only "
+                                   "--data, --run-dir and --seed)")
     fewshot.add_argument("--shots", type=int, default=8, help="reference cases drawn from the cache (seed: --seed)")
     fewshot.add_argument("--slices-per-shot", type=int, default=0,
                          help="healthy slices per drawn case (0: all; 1: the paper's protocol)")
