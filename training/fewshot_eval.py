@@ -33,6 +33,19 @@ FULL = "L_LC + L_GC"
 SETTINGS_KEY = "fit settings"
 
 
+def fit_in_memory(data: SliceSet, shots: int, settings: FewShotSettings,
+                  backbone: Path | None = None) -> tuple[Bundle, list[str]]:
+    """Fit PathoSCOPE to ``shots`` cases drawn with ``settings.seed`` and wrap it as an (unsaved) bundle for scoring;
+    also returns the drawn case ids."""
+    config = PathoSCOPEConfig(backbone=backbone.name if backbone else f"random (seed {settings.seed})")
+    fitted, drawn = fit_shots(data, shots, config, settings, backbone=backbone)
+    card = ModelCard(name=f"pathoscope-k{shots}-seed{settings.seed}", method="pathoscope", version="eval",
+                     modality=data.source["modality"],
+                     preprocessing=Preprocessing.from_dict(data.source["preprocessing"]),
+                     hyperparameters={**config.to_dict(), "fit": settings.to_dict()})
+    return Bundle(card=card, state_dict=fitted.state_dict, path=Path(".")), drawn
+
+
 def _measure(bundle: Bundle, data_root: Path, dataset: str, cache: dict) -> dict:
     cases = load_cases(data_root / dataset, "test", bundle.card.modality)
     scores = score_split(build_method(bundle, torch.device("cpu")), bundle, cases, cache=cache)
@@ -51,7 +64,6 @@ def run_fewshot_table(data: SliceSet, data_root: Path, datasets: list[str], shot
                     if k not in ("seed", "local_contrastive", "global_contrastive")}
     if results.setdefault(SETTINGS_KEY, fit_settings) != fit_settings:
         raise InputError(f"{path} holds results of other fit settings ({results[SETTINGS_KEY]}); use another --out")
-    pre = Preprocessing.from_dict(data.source["preprocessing"])
     cache: dict = {}  # each test case read and preprocessed once
 
     def save() -> None:
@@ -75,15 +87,10 @@ def run_fewshot_table(data: SliceSet, data_root: Path, datasets: list[str], shot
                 keys = {d: f"PathoSCOPE {variant}|{k}|{draw}|{d}" for d in wanted}
                 if all(key in results for key in keys.values()):
                     continue
-                config = PathoSCOPEConfig(backbone=f"random (seed {draw})")
                 fit_settings = replace(settings, seed=draw, local_contrastive=local, global_contrastive=global_)
                 started = time.perf_counter()
-                fitted, drawn = fit_shots(data, k, config, fit_settings)
+                bundle, drawn = fit_in_memory(data, k, fit_settings)
                 seconds = time.perf_counter() - started
-                card = ModelCard(name=f"pathoscope-k{k}-draw{draw}", method="pathoscope", version="eval",
-                                 modality=data.source["modality"], preprocessing=pre,
-                                 hyperparameters={**config.to_dict(), "fit": fit_settings.to_dict()})
-                bundle = Bundle(card=card, state_dict=fitted.state_dict, path=out)
                 for dataset, key in keys.items():
                     results[key] = {**_measure(bundle, data_root, dataset, cache), "shots": drawn,
                                     "fit_seconds": round(seconds, 1)}

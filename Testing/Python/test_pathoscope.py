@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import pickle
 
 import numpy as np
@@ -298,3 +299,20 @@ def test_pro_is_one_for_perfect_maps_and_the_mean_fpr_for_random_ones():
     tied = np.where(rng.random(20000) < 0.8, 0.0, rng.random(20000))  # most healthy scores exactly 0
     tied[:900] = 2.0
     assert pro_auc([regions], [tied]) > 0.99
+
+
+def test_fewshot_table_fills_results_and_refuses_other_settings(tmp_path, toy_dataset):
+    from training.fewshot_eval import run_fewshot_table
+
+    out = tmp_path / "fewshot"
+    args = dict(datasets=["toy"], shots=[2], draws=1, ablation_draws=1, ablation_dataset="toy", baselines=[],
+                out=out, command="test")
+    results = run_fewshot_table(_slice_set(), toy_dataset.parent, settings=TINY_SETTINGS, **args)
+    variants = {key.split("|")[0] for key in results if "|" in key}
+    assert variants == {"PathoSCOPE L_LC + L_GC", "PathoSCOPE L_LC", "PathoSCOPE L_GC"}
+    entry = results["PathoSCOPE L_LC + L_GC|2|0|toy"]
+    assert 0.0 <= entry["slice_auroc"] <= 1.0 and len(entry["shots"]) == 2
+    table = (out / "table.md").read_text()
+    assert "| PathoSCOPE (1) | 2 |" in table and "| L_GC |" in table
+    with pytest.raises(InputError, match="other fit settings"):
+        run_fewshot_table(_slice_set(), toy_dataset.parent, settings=replace(TINY_SETTINGS, steps=4), **args)

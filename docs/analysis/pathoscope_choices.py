@@ -7,44 +7,29 @@ table (slice AUROC, voxel AUROC on the input grid inside the brain, AU-PRO, ⌈D
 """
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from MedicalAnomalyDetectionLib.bundle import Bundle
-from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
 from MedicalAnomalyDetectionLib.fewshot import fit as fit_module
 from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
 from MedicalAnomalyDetectionLib.methods import build_method
-from MedicalAnomalyDetectionLib.methods.backbone import load_resnet18_state
-from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
 from training.datasets import load_cases
 from training.evaluation import score_split, summarise
-from training.pathoscope_fit import draw_shots
+from training.fewshot_eval import fit_in_memory
 from training.slice_set import SliceSet
 
-import numpy as np
 import torch
 
 DATA = Path("../shared/data/lgg_flair")
 data = SliceSet.load(Path(sys.argv[1]))
 backbone = Path(sys.argv[2]) if len(sys.argv) > 2 else None
-pre = Preprocessing.from_dict(data.source["preprocessing"])
 cases = load_cases(DATA, "val", data.source["modality"])
 cache: dict = {}
 keys = ("slice_auroc", "voxel_auroc", "pro", "best_dice")
 
 
 def measure(shots: int, seed: int, scale: float, trunk: Path | None) -> dict:
-    fit_module.PAPER_TYPICAL_DISTANCE = scale
-    index, _ = draw_shots(data, shots, seed)
-    config = PathoSCOPEConfig(backbone=trunk.name if trunk else f"random (seed {seed})")
-    settings = replace(FewShotSettings(), seed=seed)
-    result = fit_module.fit_pathoscope(torch.from_numpy(data.slices[index].astype(np.float32)),
-                                       torch.from_numpy(data.masks[index]), [data.case_ids[i] for i in index],
-                                       config, settings, load_resnet18_state(trunk) if trunk else None)
-    card = ModelCard(name="val", method="pathoscope", version="val", modality=data.source["modality"],
-                     preprocessing=pre, hyperparameters=config.to_dict())
-    bundle = Bundle(card=card, state_dict=result.state_dict, path=DATA)
+    fit_module.PAPER_TYPICAL_DISTANCE = scale  # the constant under test; pieg() reads it at each call
+    bundle, _ = fit_in_memory(data, shots, FewShotSettings(seed=seed), trunk)
     return summarise(score_split(build_method(bundle, torch.device("cpu")), bundle, cases, cache=cache), None)
 
 

@@ -15,11 +15,10 @@ Choices the paper leaves open, made here:
   over augmented healthy embeddings): PiEG's largest move, T * eta = 0.2, is 4 such distances and the noise (norm
   about 0.29) almost 6, so the synthetic embeddings are clearly off the healthy manifold even after the ascent pulls
   them back. Chosen on lgg_flair val (K = 2, seed 0; voxel AUROC 0.19 at 0.1, 0.92 at 0.05, 0.90 at 0.025, from
-  docs/analysis/pathoscope_choices.py): at 0.1
-  the ascent brought the "pathological" embeddings back to the healthy distance, the discriminator could not tell
-  them apart (BCE 2 log 2) and its maps came out inverted. The networks see the same space scaled to a typical
-  distance of 1 (step sizes scaled alike): at 0.05 the discriminator's inputs would be too small to learn from in a
-  few hundred steps.
+  docs/analysis/pathoscope_choices.py): at 0.1 the ascent brings the "pathological" embeddings back to the healthy
+  distance and the maps come out inverted (in exploratory runs the discriminator's BCE stayed at 2 log 2). The
+  networks see the same space scaled to a typical distance of 1 (step sizes scaled alike): in exploratory runs a
+  discriminator fed embeddings at the 0.05 scale barely learnt in a few hundred steps.
 - Tritanh scales: lambda_pull = lambda_push = 1 / TYPICAL_DISTANCE unless set, so lambda * d is about 1 for typical
   healthy tissue; epsilon = 1e-6.
 - PiEG: rho ~ N(0, noise_std^2 I) with noise_std = 0.015 (the paper writes mu = 0.015, Sigma = I; taken literally

@@ -15,11 +15,11 @@ from .. import __version__
 from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
 from ..card import ModelCard, Preprocessing
 from ..errors import InputError
-from ..inference import Cancelled, ProgressCallback, detect
+from ..inference import Cancelled, ProgressCallback, score_prepared
 from ..methods import build_method
 from ..methods.backbone import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
-from ..preprocessing import prepare_volume, to_input_grid
+from ..preprocessing import prepare_volume
 from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
@@ -74,16 +74,14 @@ def plane_warning(reference: Reference, plane: str) -> str | None:
 
 def lesion_warning(reference: Reference, modality: str) -> str | None:
     """A warning when the modality's bundled intensity baseline flags much of the reference's brain (None when no
-    such baseline exists)."""
+    such baseline exists); measured on the baseline's model grid, where its map is computed."""
     try:
         baseline = load_bundle(f"intensity-{modality.lower()}")
     except InputError:
         return None
-    detection = detect(reference.image, baseline, brain_mask=reference.brain_mask, device="cpu")
     prepared = prepare_volume(reference.image, baseline.card.preprocessing, reference.brain_mask)
-    brain = sitk.GetArrayViewFromImage(to_input_grid(prepared.mask.astype(np.float32), prepared,
-                                                     sitk.sitkNearestNeighbor)) > 0
-    share = float(sitk.GetArrayViewFromImage(detection.label_map)[brain].mean()) if brain.any() else 0.0
+    scored = score_prepared(build_method(baseline, torch.device("cpu")), prepared)
+    share = float((scored.maps[prepared.mask] >= baseline.card.thresholds["pixel"]).mean())
     if share < LESION_WARNING_SHARE:
         return None
     look = "dark" if baseline.card.hyperparameters.get("sign") == "negative" else "bright"

@@ -119,10 +119,10 @@ def folder_textures(folder: Path) -> list[torch.Tensor]:
 class TextureBank:
     """Draws (H, W) textures from the available sources; ``healthy`` draws from the reference slices themselves."""
 
-    def __init__(self, references: torch.Tensor, reference_masks: torch.Tensor, texture_dir: Path | None = None,
-                 use_package: bool = True) -> None:
+    def __init__(self, references: torch.Tensor, reference_masks: torch.Tensor,
+                 texture_dir: Path | None = None) -> None:
         self.references, self.reference_masks = references, reference_masks
-        self.images = {"package": [read_texture(p) for p in package_texture_paths()] if use_package else [],
+        self.images = {"package": [read_texture(p) for p in package_texture_paths()],
                        "folder": folder_textures(texture_dir) if texture_dir is not None else []}
         self.sources = ["procedural", "healthy"] + [name for name, images in self.images.items() if images]
 
