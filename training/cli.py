@@ -11,8 +11,7 @@ from pathlib import Path
 
 from MedicalAnomalyDetectionLib.errors import InputError
 
-def _command_line() -> str:
-    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+from .recipes import recipe, recipe_names
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -21,7 +20,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .datasets import dataset_info, load_cases
     from .slices import gather_healthy
 
-    pre = Preprocessing(plane=args.plane, size=(args.size, args.size), spacing_mm=args.spacing,
+    pre = Preprocessing(plane=args.plane, size=_size(args.size), spacing_mm=args.spacing,
                         normalisation=args.normalisation)
     info = dataset_info(args.dataset)
     cases = load_cases(args.dataset, args.split, args.modality)
@@ -33,123 +32,39 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from MedicalAnomalyDetectionLib.methods.alocc import ALOCCConfig
-    from MedicalAnomalyDetectionLib.methods.autoencoder import AutoencoderConfig
-    from MedicalAnomalyDetectionLib.methods.ocsvm import OCSVMConfig
-    from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig
-    from MedicalAnomalyDetectionLib.methods.runtime import choose_device
-    from MedicalAnomalyDetectionLib.scoring import PatchRanking
-
-    from .baselines_fit import alocc_trainee, autoencoder_trainee, fit_ocsvm
-    from .loop import FitSettings, train
-    from .patchgan_fit import patchgan_trainee
     from .slice_set import SliceSet
 
-    data = SliceSet.load(args.data)
-    settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
-    device = choose_device(args.device)
-    autoencoder = AutoencoderConfig(widths=tuple(args.widths), sign=args.sign)
-    if args.method == "pathoscope":
-        record = fit_pathoscope_run(args, data)
-    elif args.method == "ocsvm":
-        record = fit_ocsvm(data, OCSVMConfig(patch=args.hole, patch_grid=min(8, args.hole)), args.run_dir,
-                           seed=args.seed)
-    else:
-        trainee = {
-            "patchgan": lambda: patchgan_trainee(
-                PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
-                               ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
-                               uncertainty=args.uncertainty), settings, device),
-            "ae": lambda: autoencoder_trainee(autoencoder, settings, device, data.slices.shape[1:]),
-            "alocc": lambda: alocc_trainee(ALOCCConfig(reconstructor=autoencoder), settings, device,
-                                           data.slices.shape[1:]),
-        }[args.method]()
-        record = train(trainee, data, settings, args.run_dir, device, resume=args.resume, stop_after=args.stop_after)
-    record.update(source=data.source, command=_command_line())
-    (args.run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{args.run_dir}: {args.method}, {record['epochs_done']}/{record['settings']['epochs']} epochs on "
-          f"{record['slices']} slices, {record['seconds']} s")
-
-
-def pathoscope_settings(args: argparse.Namespace):
-    """The few-shot settings the ``fit`` flags ask for."""
-    from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
-
-    return FewShotSettings(steps=args.steps, seed=args.seed, eta=args.eta,
-                           local_contrastive=not args.no_local_contrastive,
-                           global_contrastive=not args.no_global_contrastive)
-
-
-def fit_pathoscope_run(args: argparse.Namespace, data) -> dict:
-    from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
-
-    from .pathoscope_fit import fit_shots, save_run
-
-    config = PathoSCOPEConfig(backbone=args.backbone.name if args.backbone else f"random (seed {args.seed})")
-    settings = pathoscope_settings(args)
-    result, drawn = fit_shots(data, args.shots, config, settings, args.slices_per_shot, args.backbone,
-                              args.textures)
-    return save_run(result, drawn, config, settings, args.run_dir)
-
-
-# The modules of a run's checkpoint that go into a bundle, per method (discriminators only where scoring uses them).
-EXPORTED_MODULES = {"patchgan": ("reconstructor",), "ae": ("autoencoder",), "alocc": ("reconstructor", "discriminator"),
-                    "ocsvm": ("slice_svm", "patch_svm"),
-                    "pathoscope": ("embedder", "adapter", "discriminator")}
+    method = recipe(args.method)
+    if method.needs_data and args.data is None:
+        raise InputError(f"fit --method {args.method} needs --data (a slice cache written by `prepare`)")
+    data = SliceSet.load(args.data) if method.needs_data else None
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    record = method.fit(args, data, args.run_dir, args.command_line)
+    record.save(args.run_dir)
+    print(f"{args.run_dir}: {record.method}, {record.done}/{record.planned} on {record.data}, {record.seconds} s")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import torch
+    from .export import export_run
 
-    from MedicalAnomalyDetectionLib import __version__
-    from MedicalAnomalyDetectionLib.bundle import save_bundle
-    from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
-    from MedicalAnomalyDetectionLib.scoring import PatchRanking
-
-    if args.method == "intensity":
-        pre = Preprocessing(plane=args.plane, size=(args.size, args.size), spacing_mm=args.spacing,
-                            normalisation="zscore", clip=(-10.0, 10.0))  # z-scores: clip only absurd values
-        card = ModelCard(name=args.name, method="intensity", version=__version__, modality=args.modality,
-                         preprocessing=pre,
-                         hyperparameters={"sign": args.sign, "ranking": PatchRanking().to_dict()},
-                         training={"data": "none (no training: robust z-score of the intensity)",
-                                   "command": _command_line()},
-                         licence={"weights": "none", "non_commercial": False})
-        save_bundle(args.out, card, None)
-    else:
-        run = json.loads((args.run / "run.json").read_text())
-        checkpoint = torch.load(args.run / "checkpoint.pt", map_location="cpu", weights_only=True)
-        state = {f"{name}.{key}": value for name in EXPORTED_MODULES[run["method"]]
-                 for key, value in checkpoint["modules"][name].items()}
-        source = run["source"]
-        non_commercial = "NC" in source["licence"]
-        card = ModelCard(
-            name=args.name, method=run["method"], version=__version__, modality=source["modality"],
-            preprocessing=Preprocessing.from_dict(source["preprocessing"]), hyperparameters=run["config"],
-            training={"data": f"{source['dataset']} {source['split']} ({run['cases']} cases, "
-                              f"{run['slices']} healthy slices)"
-                              + (f"; reference cases {', '.join(run['shots'])}" if "shots" in run else ""),
-                      "fit_command": run["command"], "export_command": _command_line(),
-                      "epochs": int(checkpoint["epoch"]), "seed": run["settings"]["seed"],
-                      "settings": run["settings"], "seconds": run["seconds"], "device": run["device_name"],
-                      "final_losses": run["history"][-1]},
-            licence={"weights": "CC BY-NC-SA 4.0 (derived from non-commercial training data)" if non_commercial
-                     else "derived from " + source["licence"], "training_data": source["licence"],
-                     "non_commercial": non_commercial})
-        save_bundle(args.out, card, state)
+    export_run(args.run, args.name, args.out, args.command_line)
     print(f"{args.out}: bundle {args.name} written")
 
 
-def _load_for_scoring(args: argparse.Namespace, ranking: str = "card"):
-    """The bundle as stored, and its method built on the chosen device (patch ranking forced on/off if asked)."""
+def _load_for_scoring(args: argparse.Namespace, ablation: str | None = None):
+    """The bundle as stored, and its method built on the chosen device (as the named ablation variant, if asked)."""
     from MedicalAnomalyDetectionLib.bundle import load_bundle
-    from MedicalAnomalyDetectionLib.methods import build_method
+    from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
     from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 
-    from .evaluation import with_ranking
-
     bundle = load_bundle(args.model)
-    scored = bundle if ranking == "card" else with_ranking(bundle, ranking == "on")
+    scored = bundle
+    if ablation is not None:
+        ablations = method_class(bundle.card.method).ablations
+        if ablation not in ablations:
+            raise InputError(f"method {bundle.card.method} has no ablation {ablation!r} "
+                             f"(it has: {', '.join(ablations) or 'none'})")
+        scored = with_overrides(bundle, ablations[ablation])
     return bundle, build_method(scored, choose_device(args.device))
 
 
@@ -163,7 +78,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     cases = load_cases(args.dataset, args.split, bundle.card.modality)
     scores = score_split(method, bundle, cases)
     thresholds = calibrate(scores, args.pixel_fpr, args.slice_fpr)
-    thresholds.update(calibrated_on=f"{cases[0].dataset} {args.split}", command=_command_line())
+    thresholds.update(calibrated_on=f"{cases[0].dataset} {args.split}", command=args.command_line)
     bundle.card.thresholds = thresholds
     write_card(bundle.path, bundle.card)
     print(json.dumps(thresholds, indent=2))
@@ -175,15 +90,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_cases
     from .evaluation import score_split, summarise, write_report
 
-    bundle, method = _load_for_scoring(args, args.ranking)
+    bundle, method = _load_for_scoring(args, args.ablation)
     cases = load_cases(args.dataset, args.split, bundle.card.modality)
     scores = score_split(method, bundle, cases)
     summary = summarise(scores, bundle.card.thresholds.get("pixel"))
     dataset = cases[0].dataset
-    summary.update(dataset=dataset, split=args.split, modality=bundle.card.modality, command=_command_line())
+    summary.update(dataset=dataset, split=args.split, modality=bundle.card.modality, command=args.command_line)
     write_report(scores, summary, f"{bundle.card.name} on {dataset} {args.split}", args.out)
     if args.update_card:
-        key = f"{dataset}/{args.split}" + ("" if args.ranking == "card" else f" (ranking {args.ranking})")
+        key = f"{dataset}/{args.split}" + ("" if args.ablation is None else f" ({args.ablation})")
         bundle.card.metrics[key] = summary
         write_card(bundle.path, bundle.card)
     print(json.dumps(summary, indent=2))
@@ -227,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards,
-            _command_line())
+            args.command_line)
     print(f"{args.out}: comparison.md, comparison.json and figures written")
 
 
@@ -240,20 +155,18 @@ def cmd_backbone(args: argparse.Namespace) -> None:
 
     record = pretrain_backbone([SliceSet.load(p) for p in args.data], args.steps, args.batch_size, args.out,
                                args.seed)
-    record["command"] = _command_line()
+    record["command"] = args.command_line
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{args.out}: ResNet18 trunk, {record['seconds']} s")
 
 
 def cmd_fewshot(args: argparse.Namespace) -> None:
-    from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
-
     from .fewshot_eval import run_fewshot_table
     from .slice_set import SliceSet
 
-    run_fewshot_table(SliceSet.load(args.data), args.data_root, args.datasets, args.shots, args.draws,
-                      args.ablation_draws, args.ablation_dataset, args.baselines, args.out,
-                      FewShotSettings(steps=args.steps), _command_line())
+    run_fewshot_table(recipe(args.method), SliceSet.load(args.data), args.data_root, args.datasets, args.shots,
+                      args.draws, args.ablation_draws, args.ablation_dataset, args.baselines, args.out, {"steps": args.steps},
+                      args.command_line)
     print(f"{args.out}: results.json and table.md written")
 
 
@@ -263,13 +176,32 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(markdown_table())
 
 
+def _size(values: list[int]) -> tuple[int, int]:
+    if len(values) not in (1, 2):
+        raise InputError(f"--size takes one (square) or two (rows, columns) numbers, not {len(values)}")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
 def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"))
-    parser.add_argument("--size", type=int, default=128, help="in-plane size in pixels (square)")
+    parser.add_argument("--size", type=int, nargs="+", default=[128], help="slice size in pixels: N or H W")
     parser.add_argument("--spacing", type=float, default=1.875, help="in-plane spacing in mm")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_fit_parser(sub, method: str) -> None:
+    """``fit``: the options common to every method, then those of ``method``'s recipe."""
+    p = sub.add_parser("fit", help="train a method (its options: fit --method NAME --help)")
+    p.add_argument("--method", default="patchgan", choices=recipe_names(), help="which method to train")
+    p.add_argument("--data", type=Path, help=".npz slice cache written by `prepare`")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    chosen = recipe(method)
+    chosen.add_arguments(p.add_argument_group(f"{method}: {chosen.help}"))
+    p.set_defaults(func=cmd_fit)
+
+
+def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
+    """The command line; ``fit`` carries the options of ``method``'s recipe."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -283,45 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocessing(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("fit", help="train a method on a prepared slice cache")
-    p.add_argument("--method", default="patchgan", choices=("patchgan", "ae", "alocc", "ocsvm", "pathoscope"))
-    p.add_argument("--data", type=Path, required=True, help=".npz written by `prepare`")
-    p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="network widths per level")
-    p.add_argument("--hole", type=int, default=32,
-                   help="patch size in pixels: Patch-GAN holes and ranking patches, OCSVM patches")
-    p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
-    p.add_argument("--uncertainty", action="store_true",
-                   help="add the log-variance head; maps become residual / predicted sigma")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    fewshot = p.add_argument_group("pathoscope (few-shot; runs on the CPU; of the options above it uses only "
-                                   "--data, --run-dir and --seed)")
-    fewshot.add_argument("--shots", type=int, default=8, help="reference cases drawn from the cache (seed: --seed)")
-    fewshot.add_argument("--slices-per-shot", type=int, default=0,
-                         help="healthy slices per drawn case (0: all; 1: the paper's protocol)")
-    fewshot.add_argument("--steps", type=int, default=150, help="training steps of adapter and discriminator")
-    fewshot.add_argument("--eta", type=float, default=0.01, help="PiEG perturbation strength")
-    fewshot.add_argument("--backbone", type=Path, help="torchvision ResNet18 state dict (default: random init)")
-    fewshot.add_argument("--textures", type=Path, help="folder of extra texture images for synthetic lesions")
-    fewshot.add_argument("--no-local-contrastive", action="store_true", help="ablation: drop L_LC")
-    fewshot.add_argument("--no-global-contrastive", action="store_true", help="ablation: drop L_GC")
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    p.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
-    p.set_defaults(func=cmd_fit)
+    _add_fit_parser(sub, method)
 
-    p = sub.add_parser("export", help="write a model bundle (weights + card) from a run, or the intensity baseline's")
-    p.add_argument("--method", default="run", choices=("run", "intensity"),
-                   help="run: the method of the --run folder; intensity: the weight-free baseline")
-    p.add_argument("--run", type=Path, help="run folder of `fit` (learned methods)")
+    p = sub.add_parser("export", help="write a model bundle (weights + card) from a run folder of `fit`")
+    p.add_argument("--run", type=Path, required=True, help="run folder of `fit`")
     p.add_argument("--name", required=True)
-    p.add_argument("--modality", help="(intensity) modality the bundle is for")
-    p.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"))
     p.add_argument("--out", type=Path, required=True)
-    _add_preprocessing(p)
     p.set_defaults(func=cmd_export)
 
     for name, func, help_text in (("calibrate", cmd_calibrate, "choose thresholds on healthy validation data"),
@@ -337,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--slice-fpr", type=float, default=0.05, help="share of healthy slices flagged")
         else:
             p.add_argument("--out", type=Path, required=True)
-            p.add_argument("--ranking", default="card", choices=("card", "on", "off"),
-                           help="override the card's patch ranking (Table 2 ablation)")
+            p.add_argument("--ablation", help="score as this ablation variant of the method (e.g. 'ranking off', "
+                                              "the paper's Table 2)")
             p.add_argument("--update-card", action="store_true", help="store the metrics in the model card")
 
     p = sub.add_parser("bench", help="time a bundle on a 240x240x155 volume")
@@ -374,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backbone)
 
     p = sub.add_parser("fewshot", help="PathoSCOPE's Table 1 and 3: K shots x random draws on the test splits")
+    p.add_argument("--method", default="pathoscope", choices=recipe_names(few_shot=True))
     p.add_argument("--data", type=Path, required=True, help="slice cache the shots are drawn from")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--datasets", nargs="+", default=["lgg_flair", "brats2013", "mslub"])
@@ -391,8 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_method(argv: list[str]) -> str:
+    """The ``--method`` of a ``fit`` command line (patchgan without one), so its recipe's options can be added."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--method", default="patchgan")
+    method = probe.parse_known_args(argv)[0].method
+    return method if method in recipe_names() else "patchgan"  # an unknown one is refused by the full parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_chosen_method(argv) if argv[:1] == ["fit"] else "patchgan").parse_args(argv)
+    args.command_line = "python -m training " + shlex.join(argv)
     try:
         args.func(args)
     except InputError as error:

@@ -9,22 +9,21 @@ import numpy as np
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
-from MedicalAnomalyDetectionLib.methods import build_method
+from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
 
 from .datasets import load_cases
-from .evaluation import score_split, summarise, with_ranking
+from .evaluation import score_split, summarise
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
 
 
-def _variants(bundle: Bundle) -> list[tuple[str, Bundle]]:
-    """The bundle as carded, and for ranked scores also without ranking (the paper's Table 2)."""
-    variants = [(bundle.card.name, bundle)]
-    ranking = bundle.card.hyperparameters.get("ranking")
-    if bundle.card.method == "patchgan" and ranking and ranking.get("ranking", True):
-        variants.append((f"{bundle.card.name} (ranking off)", with_ranking(bundle, False)))
-    return variants
+def _variants(bundle: Bundle) -> list[tuple[str, str | None, Bundle]]:
+    """(row name, ablation, bundle): the bundle as carded, then each ablation variant its method declares (the
+    Patch-GAN's "ranking off" is the paper's Table 2)."""
+    ablations = method_class(bundle.card.method).ablations
+    return [(bundle.card.name, None, bundle)] + [(f"{bundle.card.name} ({name})", name, with_overrides(bundle, change))
+                                                 for name, change in ablations.items()]
 
 
 def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, device: torch.device,
@@ -38,14 +37,14 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     for dataset in datasets:
         curves = {}
         for bundle in bundles:
-            for name, variant in _variants(bundle):
+            for name, ablation, variant in _variants(bundle):
                 cases = load_cases(data_root / dataset, "test", variant.card.modality)
                 scores = score_split(build_method(variant, device), variant, cases)
                 summary = summarise(scores, variant.card.thresholds.get("pixel"))
                 results.setdefault(name, {})[dataset] = summary
                 curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))
                 if update_cards:
-                    key = f"{dataset}/test" + (" (ranking off)" if variant is not bundle else "")
+                    key = f"{dataset}/test" + (f" ({ablation})" if ablation else "")
                     bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
                                                 "modality": bundle.card.modality, "command": command}
                 print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import time
@@ -14,22 +13,14 @@ import SimpleITK as sitk
 
 from MedicalAnomalyDetectionLib.bundle import Bundle
 from MedicalAnomalyDetectionLib.card import Preprocessing
-from MedicalAnomalyDetectionLib.inference import score_prepared
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod
+from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, to_input_grid
-from MedicalAnomalyDetectionLib.scoring import volume_score
 
 from .datasets import Case
 from .metrics import auroc_ap, best_dice, dice_at, pro_auc
 from .plots import plot_roc, plot_score_distributions
-from .slices import eligible_slices, healthy_slices, lesion_slices, prepare_case
-
-
-def with_ranking(bundle: Bundle, ranking: bool) -> Bundle:
-    """A copy of ``bundle`` whose patch ranking is forced on or off (the paper's Table 2 ablation)."""
-    variant = copy.deepcopy(bundle)
-    variant.card.hyperparameters.setdefault("ranking", {})["ranking"] = ranking
-    return variant
+from .slices import healthy_slices, lesion_slices, prepare_case
 
 
 @dataclass
@@ -82,12 +73,12 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
         if cache is not None:
             cache[key] = truth
         prepared, inside = truth.prepared, truth.inside
-        scored = score_prepared(method, prepared, batch_size)
-        eligible = eligible_slices(prepared)
+        scored = score_volume(method, prepared, batch_size)
+        eligible = scored.eligible
         healthy = healthy_slices(prepared)
         out.slice_labels.append(lesion_slices(prepared)[eligible])
-        out.slice_scores.append(scored.scores[eligible])
-        out.healthy_slice_scores.append(scored.scores[healthy])
+        out.slice_scores.append(scored.slice_scores[eligible])
+        out.healthy_slice_scores.append(scored.slice_scores[healthy])
 
         anomaly_map = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared))
         out.voxel_labels.append(truth.labels)
@@ -99,7 +90,7 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
             np.take(inside, healthy_index, axis=numpy_axis)])
 
         row = {"case": case.case_id, "slices": int(eligible.sum()), "lesion_slices": int(out.slice_labels[-1].sum()),
-               "volume_score": volume_score(scored.scores, eligible), "lesion_voxels": int(truth.labels.sum())}
+               "volume_score": scored.volume_score, "lesion_voxels": int(truth.labels.sum())}
         if threshold is not None and truth.labels.any():
             row["dice_at_threshold"] = round(dice_at(out.voxel_labels[-1], out.voxel_scores[-1], threshold), 4)
         row["seconds"] = round(time.perf_counter() - started, 2)

@@ -1,11 +1,13 @@
-"""The training loop every learned method shares: data order, augmentation, cosine learning rate, checkpoints that
-hold every module, optimiser, schedule and random state, and ``--resume``/``--stop-after``."""
+"""The training loop every network-trained method shares: data order, augmentation, cosine learning rate,
+checkpoints that hold every module, optimiser, schedule and random state, and ``--resume``/``--stop-after``."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +17,8 @@ from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.augmentation import augment
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.methods.runtime import choose_device
+from MedicalAnomalyDetectionLib.run_record import RunRecord
 
 from .slice_set import SliceSet
 
@@ -23,7 +27,7 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Optimisation settings; written to the run's run.json and the model card."""
+    """Optimisation settings; written to the run record and the model card."""
 
     epochs: int = 100
     batch_size: int = 32
@@ -35,13 +39,27 @@ class FitSettings:
     checkpoint_every: int = 5  # epochs
 
 
+def add_loop_arguments(parser: argparse.ArgumentParser, epochs: int = 100, learning_rate: float = 2e-4) -> None:
+    """The command-line options of :func:`train` (a recipe adds them to its ``fit`` options)."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=learning_rate, help="initial learning rate (cosine decay)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    parser.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
+
+
+def settings_from_args(args: argparse.Namespace) -> FitSettings:
+    return FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+
+
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
 
 
 @dataclass
 class Trainee:
-    """What a method hands to :func:`train`: its modules (all checkpointed), optimisers, and one training step on
-    an augmented (B, 1, H, W) batch with its brain mask."""
+    """What a method hands to :func:`train`: its modules (all checkpointed; the method's ``weights`` among them),
+    optimisers, and one training step on an augmented (B, 1, H, W) batch with its brain mask."""
 
     method: str
     config: dict
@@ -50,16 +68,32 @@ class Trainee:
     step: Step
 
 
+def adam(module: nn.Module, settings: FitSettings) -> torch.optim.Adam:
+    """Adam as the GAN-style methods use it (beta1 = 0.5)."""
+    return torch.optim.Adam(module.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename, so a killed run never leaves a truncated checkpoint."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
 def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet) -> str:
     """What a checkpoint must match to be resumed: method, network, settings (but how often to save), data size."""
     return json.dumps({"method": trainee.method, "config": trainee.config,
-                       "settings": {k: v for k, v in settings.__dict__.items() if k != "checkpoint_every"},
+                       "settings": {k: v for k, v in asdict(settings).items() if k != "checkpoint_every"},
                        "slices": int(data.slices.shape[0])}, sort_keys=True)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path, device: torch.device,
-          resume: bool = False, stop_after: int | None = None) -> dict:
-    """Train ``trainee`` on ``data``; checkpoints and run.json go to ``run_dir``. Returns the run record.
+          resume: bool = False, stop_after: int | None = None, command: str = "") -> RunRecord:
+    """Train ``trainee`` on ``data``; checkpoints go to ``run_dir``. Returns the run record (not yet saved).
 
     ``stop_after`` ends this session after that many epochs (checkpointed), for time-limited jobs; ``resume``
     continues the same schedule from the checkpoint (the same command is required)."""
@@ -110,15 +144,22 @@ def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in totals.items()}})
         bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items()})
         if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == last_epoch:
-            torch.save({"modules": {n: m.state_dict() for n, m in trainee.modules.items()},
-                        "optimisers": {n: o.state_dict() for n, o in trainee.optimisers.items()},
-                        "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-                        "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch + 1,
-                        "seconds": seconds_before + time.perf_counter() - started, "run": identity},
-                       checkpoint_path)
-    record = {"method": trainee.method, "config": trainee.config, "settings": settings.__dict__,
-              "epochs_done": last_epoch, "slices": count, "cases": len(set(data.case_ids)), "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "seconds": round(seconds_before + time.perf_counter() - started, 1), "history": history[-5:]}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+            save_checkpoint({"modules": {n: m.state_dict() for n, m in trainee.modules.items()},
+                             "optimisers": {n: o.state_dict() for n, o in trainee.optimisers.items()},
+                             "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                             "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch + 1,
+                             "seconds": seconds_before + time.perf_counter() - started, "run": identity},
+                            checkpoint_path)
+    return RunRecord(method=trainee.method, config=trainee.config, settings=asdict(settings), source=data.source,
+                     data=data.describe(), seed=settings.seed, device=device_name(device),
+                     seconds=round(seconds_before + time.perf_counter() - started, 1), done=last_epoch,
+                     planned=settings.epochs, command=command, losses=history[-5:])
+
+
+def train_from_args(trainee_for: Callable[[FitSettings, torch.device], Trainee], args: argparse.Namespace,
+                    data: SliceSet, run_dir: Path, command: str) -> RunRecord:
+    """Build a trainee from the ``fit`` options added by :func:`add_loop_arguments` and train it."""
+    settings = settings_from_args(args)
+    device = choose_device(args.device)
+    return train(trainee_for(settings, device), data, settings, run_dir, device, resume=args.resume,
+                 stop_after=args.stop_after, command=command)

@@ -15,18 +15,19 @@ $fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair-paper --epoc
 $fit --data cache/ixi_t1_train.npz --run-dir runs/patchgan-t1 --epochs 100 --sign absolute --uncertainty
 
 # the paper's baselines (issue "The paper's comparison"): on this 2-core CPU, OCSVM < 1 s, AE ~4 min, ALOCC ~9 min
-python -m training fit --method ocsvm --data cache/lgg_flair_train.npz --run-dir runs/ocsvm-flair --seed 0
+python -m training fit --method ocsvm --data cache/lgg_flair_train.npz --run-dir runs/ocsvm-flair --seed 0 --patch 32
 python -m training fit --method ae --data cache/lgg_flair_train.npz --run-dir runs/ae-flair --epochs 40 --lr 1e-3 \
     --seed 0 --device cpu
 python -m training fit --method alocc --data cache/lgg_flair_train.npz --run-dir runs/alocc-flair --epochs 40 \
     --seed 0 --device cpu
 
-for model in patchgan-flair patchgan-flair-paper patchgan-t1 ocsvm-flair ae-flair alocc-flair; do
+python -m training fit --method intensity --modality flair --sign positive --run-dir runs/intensity-flair
+python -m training fit --method intensity --modality t1 --sign negative --run-dir runs/intensity-t1
+
+for model in patchgan-flair patchgan-flair-paper patchgan-t1 ocsvm-flair ae-flair alocc-flair intensity-flair \
+    intensity-t1; do
     python -m training export --run runs/$model --name $model --out $MODELS/$model
 done
-python -m training export --method intensity --name intensity-flair --modality flair --sign positive \
-    --out $MODELS/intensity-flair
-python -m training export --method intensity --name intensity-t1 --modality t1 --sign negative --out $MODELS/intensity-t1
 
 evaluate="python -m training evaluate --split test --device cpu --update-card"
 for model in patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair; do
@@ -39,7 +40,8 @@ for model in patchgan-flair patchgan-flair-paper intensity-flair; do  # per-case
 done
 for model in patchgan-flair patchgan-flair-paper; do  # the paper's Table 2: without patch ranking
     for dataset in lgg_flair brats2013 mslub; do
-        $evaluate --model $model --dataset "$DATA/$dataset" --ranking off --out docs/results/$model-no-ranking/$dataset
+        $evaluate --model $model --dataset "$DATA/$dataset" --ablation "ranking off" \
+            --out docs/results/$model-no-ranking/$dataset
     done
 done
 for model in patchgan-t1 intensity-t1; do

@@ -18,6 +18,15 @@ class SliceSet:
     case_ids: list[str]  # one per slice
     source: dict  # dataset, split, modality, preprocessing (the card's dict), licence
 
+    @property
+    def cases(self) -> int:
+        return len(set(self.case_ids))
+
+    def describe(self) -> str:
+        """The slices in words for a model card, e.g. "lgg_flair train (52 cases, 763 healthy slices)"."""
+        return (f"{self.source.get('dataset', 'unknown')} {self.source.get('split', '')} "
+                f"({self.cases} cases, {len(self.slices)} healthy slices)")
+
     def save(self, path: Path) -> None:
         np.savez_compressed(path, slices=self.slices, masks=self.masks, case_ids=np.array(self.case_ids),
                             source=np.array(json.dumps(self.source)))

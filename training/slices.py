@@ -7,8 +7,7 @@ from scipy.ndimage import binary_dilation
 
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
-from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE
-from MedicalAnomalyDetectionLib.scoring import eligible_slices as brain_share_eligible
+from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE, eligible_slices
 
 from .datasets import Case, CaseImages
 from .slice_set import SliceSet
@@ -23,12 +22,6 @@ def prepare_case(images: CaseImages, pre: Preprocessing) -> PreparedVolume:
     return prepare_volume(image, pre, brain, labels=(lesion,) if lesion is not None else ())
 
 
-def eligible_slices(prepared: PreparedVolume, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
-    """Boolean (N,): slices whose brain area is at least ``min_share`` of the volume's largest cross-section (the
-    core's definition, which also decides the volume score)."""
-    return brain_share_eligible(prepared.mask.sum(axis=(1, 2)), min_share)
-
-
 def lesion_slices(prepared: PreparedVolume) -> np.ndarray:
     """Boolean (N,): slices with lesion inside the brain (all False without a lesion mask)."""
     if not prepared.labels:
@@ -40,7 +33,7 @@ def healthy_slices(prepared: PreparedVolume, margin: int = HEALTHY_MARGIN,
                    min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:
     """Boolean (N,): eligible slices at least ``margin`` slices away from any lesion slice."""
     near_lesion = binary_dilation(lesion_slices(prepared), iterations=margin) if margin else lesion_slices(prepared)
-    return eligible_slices(prepared, min_share) & ~near_lesion
+    return eligible_slices(prepared.brain_area, min_share) & ~near_lesion
 
 
 def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: int = 1) -> SliceSet:

@@ -28,9 +28,13 @@ WEIGHTS_FILE = "weights.pt"
 
 
 def bundled_models_dir() -> Path:
-    """Where the bundled models live: ``$MAD_MODELS_DIR`` or ``Resources/Models`` two folders above this package
-    (the source tree's layout, which the Slicer extension's install rule reproduces)."""
-    return Path(os.environ.get("MAD_MODELS_DIR", Path(__file__).resolve().parents[2] / "Resources" / "Models"))
+    """Where the bundled models live: ``$MAD_MODELS_DIR``; else ``bundled_models`` inside this package, where a wheel
+    (``pip install .``) puts them; else ``Resources/Models`` two folders above this package (the source tree's layout,
+    which the Slicer extension's install rule reproduces)."""
+    if "MAD_MODELS_DIR" in os.environ:
+        return Path(os.environ["MAD_MODELS_DIR"])
+    packaged = Path(__file__).resolve().parent / "bundled_models"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def user_models_dir() -> Path:

@@ -28,6 +28,11 @@ class PreparedVolume:
     labels: list[np.ndarray]  # extra label volumes (e.g. lesion masks) resampled to the model grid, bool
     input_grid: sitk.Image  # the validated input: results go back onto its grid
 
+    @property
+    def brain_area(self) -> np.ndarray:
+        """(N,) brain pixels of each model-grid slice."""
+        return self.mask.sum(axis=(1, 2))
+
 
 def foreground_mask(image: sitk.Image) -> sitk.Image:
     """A head/brain foreground mask for inputs without a brain mask: the largest non-background component, filled.

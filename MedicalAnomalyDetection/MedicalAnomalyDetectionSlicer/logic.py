@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +21,8 @@ import vtk
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, user_models_dir
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
-from MedicalAnomalyDetectionLib.inference import Detection, ProgressCallback, detect, label_from_map
+from MedicalAnomalyDetectionLib.inference import Detection, detect, label_from_map
+from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback
 
 from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
 from .modality import modalityWarning
@@ -50,7 +50,7 @@ class DetectionJob:
     maskNode: slicer.vtkMRMLNode | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Detection:
+    def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
         """Run the core; raises ``Cancelled`` when ``cancel()`` turns True and ``InputError`` for unusable input."""
         return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
                       progress=progress, cancel=cancel)
@@ -70,7 +70,7 @@ class FitJob:
     options: dict = field(default_factory=dict)  # preprocessing, settings, config of fit_references
     warnings: list[str] = field(default_factory=list)
 
-    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> FittedModel:
+    def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> FittedModel:
         """Fit and save; raises ``Cancelled`` (nothing saved) or ``InputError`` for unusable references."""
         fitted = fit_references(self.references, self.name, self.modelsDir, self.modality, backbone=self.backbone,
                                 texture_dir=self.textureDir, progress=progress, cancel=cancel, **self.options)
@@ -112,7 +112,7 @@ class MedicalAnomalyDetectionLogic:
                 outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
                 outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
                 outputTable: slicer.vtkMRMLTableNode | None = None, progress: ProgressCallback | None = None,
-                cancel: Callable[[], bool] | None = None) -> DetectionOutputs:
+                cancel: CancelCallback | None = None) -> DetectionOutputs:
         """Detect anomalies in ``inputVolume`` synchronously; ``model`` is a bundled model's name or a bundle folder,
         ``device`` auto/cpu/cuda, ``threshold`` defaults to the card's. Missing outputs are reused from the previous
         run on this input, else created."""
@@ -171,7 +171,7 @@ class MedicalAnomalyDetectionLogic:
 
     def fitReferences(self, referenceVolumes: list[slicer.vtkMRMLScalarVolumeNode], name: str,
                       modality: str = "flair", progress: ProgressCallback | None = None,
-                      cancel: Callable[[], bool] | None = None, **options) -> FittedModel:
+                      cancel: CancelCallback | None = None, **options) -> FittedModel:
         """Learn normal from healthy ``referenceVolumes`` synchronously: a PathoSCOPE bundle ``name`` is saved in
         the user's model folder and can then be passed as ``model`` to :meth:`process`. ``options`` are those of
         :meth:`prepareFit`."""

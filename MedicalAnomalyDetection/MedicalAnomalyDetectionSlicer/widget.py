@@ -1,14 +1,13 @@
 """The module panel (needs a running Slicer): choose a volume and a model, click Detect, see and tune the anomalies;
 or learn a new model from a few healthy reference volumes and detect with it.
 
-Detection and fitting each run in a :class:`~MedicalAnomalyDetectionSlicer.worker.Worker` thread polled by a
-``qt.QTimer``; Detect (or Fit) turns into Cancel meanwhile. The threshold slider only re-labels the last map.
+Detection and fitting run one at a time through a :class:`~.tasks.TaskRunner` (a worker thread polled by a
+``qt.QTimer``); Detect (or Fit) turns into Cancel meanwhile and the other waits. The threshold slider only re-labels
+the last map.
 """
 
 from __future__ import annotations
 
-import logging
-import traceback
 from pathlib import Path
 
 import qt
@@ -21,9 +20,10 @@ from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
 from . import resourcePath
-from .logic import DetectionOutputs, MedicalAnomalyDetectionLogic
+from .choices import parseSliceRange, startingThreshold, thresholdSliderRange
+from .logic import DetectionJob, DetectionOutputs, MedicalAnomalyDetectionLogic
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
-from .worker import Worker
+from .tasks import TaskRunner, TaskView
 
 LOAD_BUNDLE_TEXT = "Load model bundle…"
 POLL_MS = 100
@@ -40,10 +40,14 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(self.widget)
         self.widget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedicalAnomalyDetectionLogic()
-        self.worker: Worker | None = None
-        self.fitWorker: Worker | None = None
         self._parameterNode: MedicalAnomalyDetectionParameterNode | None = None
         self._guiTag = None
+        self.tasks = TaskRunner(
+            {"detect": TaskView(self.ui.detectButton, self.ui.progressBar, self.ui.statusLabel, "Detect",
+                                "Cancelled; the scene was not changed."),
+             "fit": TaskView(self.ui.fitButton, self.ui.fitProgressBar, self.ui.fitStatusLabel, "Fit",
+                             "Cancelled; no model was saved.")},
+            lambda message, details: slicer.util.errorDisplay(message, detailedText=details))
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_MS)
         self._pollTimer.connect("timeout()", self._poll)
@@ -51,9 +55,6 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._relabelTimer.setSingleShot(True)
         self._relabelTimer.setInterval(RELABEL_DELAY_MS)
         self._relabelTimer.connect("timeout()", self._relabel)
-        self._fitTimer = qt.QTimer()
-        self._fitTimer.setInterval(POLL_MS)
-        self._fitTimer.connect("timeout()", self._pollFit)
 
         self._fillModels()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
@@ -62,8 +63,6 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.ui.goToSliceButton.connect("clicked(bool)", self._goToMostAnomalousSlice)
         self.ui.showChartButton.connect("clicked(bool)", self._showChart)
         self.ui.fitButton.connect("clicked(bool)", self._onFitOrCancel)
-        self.ui.progressBar.hide()
-        self.ui.fitProgressBar.hide()
         self.ui.resultsCollapsibleButton.collapsed = True
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *args: self.enter())
@@ -81,11 +80,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._setParameterNode(None)
 
     def cleanup(self) -> None:
-        for worker in (self.worker, self.fitWorker):
-            if worker is not None:
-                worker.cancel()
+        self.tasks.cancel()
         self._pollTimer.stop()
-        self._fitTimer.stop()
         self._setParameterNode(None)
         self.removeObservers()
 
@@ -101,8 +97,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             self._updateState()
 
     def _onSceneStartClose(self, caller, event) -> None:
-        if self.worker is not None:  # its result would land in a closed scene
-            self.worker.cancel()
+        if self.tasks.isRunning("detect"):  # its result would land in a closed scene
+            self.tasks.cancel()
         self._setParameterNode(None)
 
     # Models ------------------------------------------------------------------------------------------------------
@@ -146,34 +142,39 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
                                        f"weights licence: {card.licence.get('weights', 'unknown')}")
         threshold = card.thresholds.get("pixel")
         if threshold:
+            bounds = thresholdSliderRange(threshold)
             slider = self.ui.thresholdSlider
-            slider.maximum = 3.0 * threshold
-            slider.minimum = threshold / 100.0
-            slider.singleStep = threshold / 100.0
+            slider.maximum, slider.minimum, slider.singleStep = bounds.maximum, bounds.minimum, bounds.step
         p = self._parameterNode
-        if p is not None:  # a new model starts at its calibrated threshold; re-entering keeps the user's
+        if p is not None:
             with slicer.util.NodeModify(p):
-                if threshold and (model != p.model or p.threshold == 0.0):
-                    p.threshold = float(threshold)
+                p.threshold = startingThreshold(model, p.model, p.threshold, threshold)
                 p.model = model
 
-    # Detect / cancel -----------------------------------------------------------------------------------------------
+    # Detect / cancel ---------------------------------------------------------------------------------------------
+
+    def _ready(self) -> dict[str, bool]:
+        return {"detect": self._parameterNode is not None and self._parameterNode.inputVolume is not None}
 
     def _updateState(self, caller=None, event=None) -> None:
-        """Detect is possible with an input volume and a model; while running the button cancels."""
-        if self.worker is not None:
-            self.ui.detectButton.text = "Cancel"
-            self.ui.detectButton.enabled = True
-            return
-        ready = self._parameterNode is not None and self._parameterNode.inputVolume is not None
-        self.ui.detectButton.text = "Detect"
-        self.ui.detectButton.enabled = ready
-        self.ui.detectButton.toolTip = "Find anomalies in the input volume" if ready else "Select an input volume"
+        """Detect needs an input volume; a running task's button cancels it and the other one waits."""
+        self.tasks.refresh(self._ready())
+        if not self.tasks.busy:
+            ready = self._ready()["detect"]
+            self.ui.detectButton.toolTip = "Find anomalies in the input volume" if ready else "Select an input volume"
+
+    def _poll(self) -> None:
+        if self.tasks.poll(self._ready()):
+            self._pollTimer.stop()
+            self._updateState()
+
+    def _start(self, name: str, job, onResult, status: str) -> None:
+        if self.tasks.start(name, job, onResult, status):
+            self._pollTimer.start()
 
     def _onDetectOrCancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            self.ui.statusLabel.text = "Cancelling…"
+        if self.tasks.isRunning("detect"):
+            self.tasks.cancel()
             return
         p = self._parameterNode
         try:
@@ -181,25 +182,12 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         except InputError as error:
             slicer.util.errorDisplay(str(error))
             return
-        self.worker = Worker(job)
-        self.worker.start()
-        self.ui.statusLabel.text = "\n".join(job.warnings)
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.show()
-        self._updateState()
-        self._pollTimer.start()
+        self._start("detect", job, self._applyDetection, "\n".join(job.warnings))
 
-    def _poll(self) -> None:
-        worker = self.worker
-        if not _followProgress(worker, self.ui.progressBar, self._pollTimer):
-            return
-        self.worker = None
-        self._updateState()
-        if _reportUnfinished(worker, self.ui.statusLabel, "Cancelled; the scene was not changed.", "Detection"):
-            return
-        if self._parameterNode is not None:
-            self._show(self.logic.apply(worker.job, worker.result, self._parameterNode.outputMap,
-                                        self._parameterNode.outputLabel, self._parameterNode.outputTable))
+    def _applyDetection(self, job: DetectionJob, detection) -> None:
+        p = self._parameterNode
+        if p is not None:
+            self._show(self.logic.apply(job, detection, p.outputMap, p.outputLabel, p.outputTable))
 
     def _show(self, outputs: DetectionOutputs) -> None:
         """Remember the outputs, overlay them on the input and fill the result box."""
@@ -230,7 +218,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         return outputs
 
     def _relabel(self) -> None:
-        if self._currentOutputs() is None or self.worker is not None:
+        if self._currentOutputs() is None or self.tasks.isRunning("detect"):
             return
         try:
             self._fillResults(self.logic.relabel(self.ui.thresholdSlider.value))
@@ -250,48 +238,21 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
 
     # Learn normal from references ---------------------------------------------------------------------------------
 
-    def _referenceSlices(self) -> tuple[int, int] | None:
-        text = self.ui.referenceSlicesLineEdit.text.strip()
-        if not text or text.lower() == "all":
-            return None
-        try:
-            first, last = (int(part) for part in text.replace(" ", "").split("-"))
-        except ValueError:
-            raise InputError(f"slices must be 'all' or first-last, e.g. 40-90, not {text!r}") from None
-        if first > last or first < 0:
-            raise InputError(f"slice range {text} must run from a first to a later slice, from 0 on")
-        return first, last
-
     def _onFitOrCancel(self) -> None:
-        if self.fitWorker is not None:
-            self.fitWorker.cancel()
-            self.ui.fitStatusLabel.text = "Cancelling…"
+        if self.tasks.isRunning("fit"):
+            self.tasks.cancel()
             return
         try:
             job = self.logic.prepareFit(
                 self.ui.referencesSelector.checkedNodes(), self.ui.newModelNameLineEdit.text.strip(),
-                self.ui.referenceModalityComboBox.currentText.lower(), sliceRange=self._referenceSlices(),
+                self.ui.referenceModalityComboBox.currentText.lower(),
+                sliceRange=parseSliceRange(self.ui.referenceSlicesLineEdit.text),
                 backbone=self.ui.backbonePathLineEdit.currentPath or None,
                 textureDir=self.ui.textureFolderLineEdit.currentPath or None)
         except InputError as error:
             slicer.util.errorDisplay(str(error))
             return
-        self.fitWorker = Worker(job)
-        self.fitWorker.start()
-        self.ui.fitButton.text = "Cancel"
-        self.ui.fitStatusLabel.text = "\n".join(job.warnings)
-        self.ui.fitProgressBar.value = 0
-        self.ui.fitProgressBar.show()
-        self._fitTimer.start()
-
-    def _pollFit(self) -> None:
-        worker = self.fitWorker
-        if not _followProgress(worker, self.ui.fitProgressBar, self._fitTimer):
-            return
-        self.fitWorker = None
-        self.ui.fitButton.text = "Fit"
-        if not _reportUnfinished(worker, self.ui.fitStatusLabel, "Cancelled; no model was saved.", "Fitting"):
-            self._useFittedModel(worker.result)
+        self._start("fit", job, lambda fitJob, fitted: self._useFittedModel(fitted), "\n".join(job.warnings))
 
     def _useFittedModel(self, fitted: FittedModel) -> None:
         """Add the new model to the list, select it for Detect and say what to watch for."""
@@ -303,30 +264,3 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
                  "somewhat more flagged on new scans; calibrate on healthy validation scans when you can.",
                  *fitted.warnings]
         self.ui.fitStatusLabel.text = "\n".join(lines)
-
-
-def _followProgress(worker: Worker, bar: qt.QProgressBar, timer: qt.QTimer) -> bool:
-    """Show the worker's progress on ``bar``; once it is done, stop ``timer``, hide ``bar`` and return True."""
-    fraction, stage = worker.progress
-    bar.value = int(round(100 * fraction))
-    bar.format = f"{stage}: %p%"
-    if not worker.done:
-        return False
-    timer.stop()
-    bar.hide()
-    return True
-
-
-def _reportUnfinished(worker: Worker, status: qt.QLabel, cancelledText: str, what: str) -> bool:
-    """Say why a finished worker has no result (cancelled, bad input, failure); False when it has one."""
-    if worker.cancelled:
-        status.text = cancelledText
-    elif isinstance(worker.error, InputError):
-        slicer.util.errorDisplay(str(worker.error))
-    elif worker.error is not None:
-        details = "".join(traceback.format_exception(worker.error))
-        logging.error(details)
-        slicer.util.errorDisplay(f"{what} failed: {worker.error}", detailedText=details)
-    else:
-        return False
-    return True

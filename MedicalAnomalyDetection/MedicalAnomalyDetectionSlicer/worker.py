@@ -10,15 +10,15 @@ polls :attr:`Worker.progress` from a ``qt.QTimer`` and writes the result into th
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from MedicalAnomalyDetectionLib.inference import Cancelled, ProgressCallback
+from MedicalAnomalyDetectionLib.progress import CancelCallback, Cancelled, ProgressCallback
 
 
 class Job(Protocol):
     """What a worker runs: ``run`` touches no MRML or Qt object and reports progress and honours cancel."""
 
-    def run(self, progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Any:
+    def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Any:
         ...
 
 

@@ -15,7 +15,8 @@ from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.methods.autoencoder import Autoencoder, AutoencoderConfig
 from MedicalAnomalyDetectionLib.methods.ocsvm import OCSVMConfig, OneClassSVMMethod, RBFDecision
-from training.baselines_fit import autoencoder_trainee, fit_ocsvm
+from training.recipes.ae import autoencoder_trainee
+from training.recipes.ocsvm import fit_ocsvm
 from training.cli import main
 from training.loop import FitSettings, train
 from training.slice_set import SliceSet
@@ -81,7 +82,7 @@ def test_autoencoder_residual_lights_up_a_spot(tmp_path):
     settings = FitSettings(epochs=25, batch_size=8, learning_rate=3e-3, checkpoint_every=25)
     trainee = autoencoder_trainee(config, settings, torch.device("cpu"), (32, 32))
     record = train(trainee, data, settings, tmp_path / "run", torch.device("cpu"))
-    assert record["history"][-1]["loss_r"] < 0.05  # from ~0.33 in the first epoch
+    assert record.losses[-1]["loss_r"] < 0.05  # from ~0.33 in the first epoch
     method = Autoencoder(config, trainee.modules["autoencoder"], torch.device("cpu"))
     spotted = _with_spot(_smooth_slices(2, seed=5))
     result = method.score(torch.cat([torch.from_numpy(_smooth_slices(2, seed=5)), spotted]), torch.ones(4, 32, 32))
@@ -94,8 +95,10 @@ def test_fit_export_and_detect_through_the_command_line(method, toy_dataset, tmp
     cache, run, bundle_dir = tmp_path / "c.npz", tmp_path / "run", tmp_path / "bundle"
     assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(cache),
                  "--size", "32", "--spacing", "4"]) == 0
-    assert main(["fit", "--method", method, "--data", str(cache), "--run-dir", str(run), "--epochs", "1",
-                 "--batch-size", "8", "--widths", "4", "8", "--hole", "8", "--device", "cpu"]) == 0
+    options = {"ae": ["--epochs", "1", "--batch-size", "8", "--widths", "4", "8", "--device", "cpu"],
+               "alocc": ["--epochs", "1", "--batch-size", "8", "--widths", "4", "8", "--device", "cpu"],
+               "ocsvm": ["--patch", "8"]}[method]
+    assert main(["fit", "--method", method, "--data", str(cache), "--run-dir", str(run), *options]) == 0
     assert main(["export", "--run", str(run), "--name", f"toy-{method}", "--out", str(bundle_dir)]) == 0
     assert main(["calibrate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--device", "cpu"]) == 0
     bundle = load_bundle(bundle_dir)

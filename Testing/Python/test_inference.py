@@ -5,7 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.inference import Cancelled, detect, label_from_map
+from MedicalAnomalyDetectionLib.inference import detect, label_from_map
+from MedicalAnomalyDetectionLib.progress import Cancelled
 
 from conftest import head_array, make_image
 

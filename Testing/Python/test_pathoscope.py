@@ -22,7 +22,8 @@ from MedicalAnomalyDetectionLib.fewshot.fit import (PAPER_TYPICAL_DISTANCE, TYPI
 from MedicalAnomalyDetectionLib.fewshot.losses import local_distance, tritanh
 from MedicalAnomalyDetectionLib.fewshot.references import Reference, acquisition_plane, fit_references
 from MedicalAnomalyDetectionLib.fewshot.synthesis import TextureBank, folder_textures, local_pathology, perlin_mask
-from MedicalAnomalyDetectionLib.inference import Cancelled, detect
+from MedicalAnomalyDetectionLib.inference import detect
+from MedicalAnomalyDetectionLib.progress import Cancelled
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.methods.backbone import ResNet18Trunk, load_resnet18_state
 from MedicalAnomalyDetectionLib.methods.pathoscope import Discriminator, PathoSCOPEConfig
@@ -249,7 +250,7 @@ def _slice_set() -> "SliceSet":
 
 
 def test_shots_are_drawn_per_case_and_reproducibly():
-    from training.pathoscope_fit import draw_shots
+    from training.recipes.pathoscope import draw_shots
 
     data = _slice_set()
     index, drawn = draw_shots(data, 2, seed=3)
@@ -266,14 +267,12 @@ def test_shots_are_drawn_per_case_and_reproducibly():
 
 def test_a_fitted_run_exports_to_a_bundle_that_loads(tmp_path):
     from training.cli import main
-    from training.pathoscope_fit import fit_shots, save_run
+    from training.recipes.pathoscope import fit_shots, run_record, save_run
 
     data = _slice_set()
     result, drawn = fit_shots(data, 2, TINY_PATHOSCOPE, TINY_SETTINGS)
-    save_run(result, drawn, TINY_PATHOSCOPE, TINY_SETTINGS, tmp_path / "run")
-    record = (tmp_path / "run" / "run.json").read_text()
-    (tmp_path / "run" / "run.json").write_text(record.replace('"shots"', '"source": ' + __import__("json").dumps(
-        data.source) + ', "command": "test", "shots"', 1))
+    save_run(result, tmp_path / "run")
+    run_record(result, drawn, TINY_PATHOSCOPE, TINY_SETTINGS, data, "test").save(tmp_path / "run")
     assert main(["export", "--run", str(tmp_path / "run"), "--name", "ps", "--out", str(tmp_path / "ps")]) == 0
     bundle = load_bundle(tmp_path / "ps")
     assert bundle.card.method == "pathoscope" and bundle.card.licence["non_commercial"] is True
@@ -303,11 +302,13 @@ def test_pro_is_one_for_perfect_maps_and_the_mean_fpr_for_random_ones():
 
 def test_fewshot_table_fills_results_and_refuses_other_settings(tmp_path, toy_dataset):
     from training.fewshot_eval import run_fewshot_table
+    from training.recipes import recipe
 
     out = tmp_path / "fewshot"
     args = dict(datasets=["toy"], shots=[2], draws=1, ablation_draws=1, ablation_dataset="toy", baselines=[],
                 out=out, command="test")
-    results = run_fewshot_table(_slice_set(), toy_dataset.parent, settings=TINY_SETTINGS, **args)
+    tiny = {k: v for k, v in TINY_SETTINGS.to_dict().items() if k != "seed"}
+    results = run_fewshot_table(recipe("pathoscope"), _slice_set(), toy_dataset.parent, settings=tiny, **args)
     variants = {key.split("|")[0] for key in results if "|" in key}
     assert variants == {"PathoSCOPE L_LC + L_GC", "PathoSCOPE L_LC", "PathoSCOPE L_GC"}
     entry = results["PathoSCOPE L_LC + L_GC|2|0|toy"]
@@ -315,4 +316,5 @@ def test_fewshot_table_fills_results_and_refuses_other_settings(tmp_path, toy_da
     table = (out / "table.md").read_text()
     assert "| PathoSCOPE (1) | 2 |" in table and "| L_GC |" in table
     with pytest.raises(InputError, match="other fit settings"):
-        run_fewshot_table(_slice_set(), toy_dataset.parent, settings=replace(TINY_SETTINGS, steps=4), **args)
+        run_fewshot_table(recipe("pathoscope"), _slice_set(), toy_dataset.parent, settings={**tiny, "steps": 4},
+                          **args)

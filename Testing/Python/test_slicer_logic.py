@@ -12,7 +12,8 @@ from conftest import head_array, make_image  # noqa: E402
 from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids  # noqa: E402
 
 from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
-from MedicalAnomalyDetectionLib.inference import Cancelled, detect  # noqa: E402
+from MedicalAnomalyDetectionLib.inference import detect  # noqa: E402
+from MedicalAnomalyDetectionLib.progress import Cancelled
 from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume  # noqa: E402
 from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
                                                  SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)

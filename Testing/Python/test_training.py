@@ -11,7 +11,7 @@ from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator, PatchGAN, PatchGANConfig, Reconstructor
 from training.cli import main
 from training.loop import FitSettings, train
-from training.patchgan_fit import patchgan_trainee, training_step
+from training.recipes.patchgan import patchgan_trainee, training_step
 from training.slice_set import SliceSet
 
 TINY = ["--size", "32", "--spacing", "4"]
@@ -79,8 +79,8 @@ def test_training_reduces_the_inpainting_loss(tmp_path):
                           FitSettings(epochs=30, batch_size=8, learning_rate=2e-3, checkpoint_every=30),
                           tmp_path / "run", torch.device("cpu"))
     predicting_zero = float((data.slices.astype(np.float32) ** 2).mean())  # an untrained network's ballpark
-    assert record["history"][-1]["epoch"] == 30
-    assert record["history"][-1]["loss_patch"] < 0.5 * predicting_zero
+    assert record.losses[-1]["epoch"] == 30 and record.done == 30
+    assert record.losses[-1]["loss_patch"] < 0.5 * predicting_zero
 
 
 def test_uncertainty_head_learns_where_inpainting_is_hard():

@@ -12,11 +12,11 @@ import torch
 from scipy.stats import spearmanr
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
-from MedicalAnomalyDetectionLib.inference import score_prepared
 from MedicalAnomalyDetectionLib.methods import build_method
+from MedicalAnomalyDetectionLib.pipeline import score_volume
 from training.datasets import load_cases
 from training.metrics import auroc_ap
-from training.slices import eligible_slices, lesion_slices, prepare_case
+from training.slices import lesion_slices, prepare_case
 
 data = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("../shared/data")
 bundle = load_bundle("alocc-flair")
@@ -24,9 +24,10 @@ method = build_method(bundle, torch.device("cpu"))
 labels, scores, areas = [], [], []
 for case in load_cases(data / "lgg_flair", "val", "flair"):
     prepared = prepare_case(case.read(), bundle.card.preprocessing)
-    eligible = eligible_slices(prepared)
+    scored = score_volume(method, prepared)
+    eligible = scored.eligible
     labels.append(lesion_slices(prepared)[eligible])
-    scores.append(score_prepared(method, prepared).scores[eligible])
+    scores.append(scored.slice_scores[eligible])
     areas.append(prepared.mask.sum(axis=(1, 2))[eligible])
 labels, scores, areas = map(np.concatenate, (labels, scores, areas))
 print(f"ALOCC slice AUROC on lgg_flair val: {auroc_ap(labels, scores)['auroc']:.3f}")

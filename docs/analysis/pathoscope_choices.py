@@ -14,7 +14,7 @@ from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
 from MedicalAnomalyDetectionLib.methods import build_method
 from training.datasets import load_cases
 from training.evaluation import score_split, summarise
-from training.fewshot_eval import fit_in_memory
+from training.recipes.pathoscope import fit_in_memory
 from training.slice_set import SliceSet
 
 import torch

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
-from MedicalAnomalyDetectionLib.inference import score_prepared
 from MedicalAnomalyDetectionLib.methods import build_method
+from MedicalAnomalyDetectionLib.pipeline import score_volume
 from training.datasets import load_cases
 from training.metrics import auroc_ap, best_dice
-from training.slices import eligible_slices, lesion_slices, prepare_case
+from training.slices import lesion_slices, prepare_case
 
 DATA = Path("../shared/data/lgg_flair")
 for model in sys.argv[1:]:
@@ -24,10 +24,10 @@ for model in sys.argv[1:]:
     slice_labels, slice_scores, voxel_labels, voxel_scores = [], [], [], []
     for case in load_cases(DATA, "val", bundle.card.modality):
         prepared = prepare_case(case.read(), bundle.card.preprocessing)
-        scored = score_prepared(method, prepared, 32)
-        eligible = eligible_slices(prepared)
+        scored = score_volume(method, prepared, 32)
+        eligible = scored.eligible
         slice_labels.append(lesion_slices(prepared)[eligible])
-        slice_scores.append(scored.scores[eligible])
+        slice_scores.append(scored.slice_scores[eligible])
         voxel_labels.append(prepared.labels[0][prepared.mask])
         voxel_scores.append(scored.maps[prepared.mask])
     labels, values = np.concatenate(voxel_labels), np.concatenate(voxel_scores)

@@ -39,14 +39,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..augmentation import augment
 from ..errors import InputError
-from ..inference import Cancelled, ProgressCallback
+from ..progress import CancelCallback, ProgressCallback, check_cancel
 from ..methods.backbone import FEATURE_CHANNELS
 from ..methods.pathoscope import Adapter, Discriminator, Embedder, PathoSCOPEConfig
 from .coreset import greedy_coreset
@@ -145,7 +144,7 @@ def pieg(healthy: torch.Tensor, discriminator: Discriminator, anchors: torch.Ten
 def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: list[str], config: PathoSCOPEConfig,
                    settings: FewShotSettings, backbone_state: dict[str, torch.Tensor] | None = None,
                    texture_dir: Path | None = None, progress: ProgressCallback | None = None,
-                   cancel: Callable[[], bool] | None = None) -> FewShotResult:
+                   cancel: CancelCallback | None = None) -> FewShotResult:
     """Fit PathoSCOPE to (N, H, W) normalised healthy reference ``slices`` (model grid) with brain ``masks``;
     ``reference_ids`` names the reference (volume) of each slice, at least two distinct. Runs on the CPU."""
     report = progress or (lambda fraction, stage: None)
@@ -166,10 +165,6 @@ def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: lis
     x, m = slices.float(), masks.float()
     grid = (config.backbone_size // 8,) * 2
 
-    def check_cancel() -> None:
-        if cancel is not None and cancel():
-            raise Cancelled()
-
     report(0.0, "embedding the references")
     both = torch.cat([x, x.flip(-1)])
     raw = _embed(embedder, both)
@@ -184,7 +179,7 @@ def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: lis
         candidates = candidates[torch.randperm(candidates.shape[0], generator=generator)[:MAX_CORESET_CANDIDATES]]
     count = max(2, min(settings.max_anchors, int(settings.coreset_ratio * brain.shape[0])))
     anchors = candidates[greedy_coreset(candidates, count, generator)]
-    check_cancel()
+    check_cancel(cancel)
 
     report(0.1, "synthesising pathologies")
     textures = TextureBank(x, m, texture_dir)
@@ -200,7 +195,7 @@ def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: lis
         lesion_cells.append(feature_cells(mp, grid))
         brain_cells.append(feature_cells(mn, grid))
         report(0.1 + 0.2 * min(1.0, (start + 16) / settings.pool), "synthesising pathologies")
-        check_cancel()
+        check_cancel(cancel)
     healthy, pathological = torch.cat(healthy), torch.cat(pathological)
     lesion_cells, brain_cells = torch.cat(lesion_cells), torch.cat(brain_cells)
 
@@ -215,7 +210,7 @@ def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: lis
                                   {"params": discriminator.parameters(), "lr": settings.learning_rate}])
     history: list[dict[str, float]] = []
     for step in range(settings.steps):
-        check_cancel()
+        check_cancel(cancel)
         batch = torch.randint(settings.pool, (settings.batch_size,), generator=generator)
         lesion, inside = lesion_cells[batch], brain_cells[batch].float()
         v_n, v_p = adapter(healthy[batch]), adapter(pathological[batch])

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .. import __version__
 from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
-from ..card import ModelCard, Preprocessing
+from ..card import Preprocessing
 from ..errors import InputError
-from ..inference import Cancelled, ProgressCallback, score_prepared
 from ..methods import build_method
 from ..methods.backbone import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
+from ..pipeline import score_volume
 from ..preprocessing import prepare_volume
+from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
+from ..run_record import RunRecord, card_from_run
 from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
@@ -80,7 +80,7 @@ def lesion_warning(reference: Reference, modality: str) -> str | None:
     except InputError:
         return None
     prepared = prepare_volume(reference.image, baseline.card.preprocessing, reference.brain_mask)
-    scored = score_prepared(build_method(baseline, torch.device("cpu")), prepared)
+    scored = score_volume(build_method(baseline, torch.device("cpu")), prepared)
     share = float((scored.maps[prepared.mask] >= baseline.card.thresholds["pixel"]).mean())
     if share < LESION_WARNING_SHARE:
         return None
@@ -92,7 +92,7 @@ def lesion_warning(reference: Reference, modality: str) -> str | None:
 def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """The reference's model-grid slices that show brain (within its slice range): (slices, masks)."""
     prepared = prepare_volume(reference.image, pre, reference.brain_mask)
-    keep = eligible_slices(prepared.mask.sum(axis=(1, 2)), TRAIN_MIN_BRAIN_SHARE)
+    keep = eligible_slices(prepared.brain_area, TRAIN_MIN_BRAIN_SHARE)
     if reference.slices is not None:
         first, last = reference.slices
         keep &= (prepared.slice_index >= first) & (prepared.slice_index <= last)
@@ -102,12 +102,9 @@ def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarr
     return prepared.slices[keep], prepared.mask[keep]
 
 
-def reference_thresholds(state_dict: dict[str, torch.Tensor], pre: Preprocessing, config: PathoSCOPEConfig,
-                         slices: list[np.ndarray], masks: list[np.ndarray]) -> dict:
+def reference_thresholds(bundle: Bundle, slices: list[np.ndarray], masks: list[np.ndarray]) -> dict:
     """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references."""
-    card = ModelCard(name="references", method="pathoscope", version=__version__, modality="", preprocessing=pre,
-                     hyperparameters=config.to_dict())
-    method = build_method(Bundle(card=card, state_dict=state_dict, path=Path(".")), torch.device("cpu"))
+    method = build_method(bundle, torch.device("cpu"))
     pixels, scores = [], []
     for reference_slices, reference_masks in zip(slices, masks):
         for start in range(0, len(reference_slices), 32):
@@ -116,7 +113,9 @@ def reference_thresholds(state_dict: dict[str, torch.Tensor], pre: Preprocessing
             pixels.append(scored.maps[mask].numpy())
             scores.append(scored.scores.numpy())
     return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
-            "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR}
+            "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR,
+            "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy validation "
+                             "scans with `python -m training calibrate` when you have them"}
 
 
 def fit_references(references: list[Reference], name: str, models_dir: Path, modality: str,
@@ -124,7 +123,7 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
                    config: PathoSCOPEConfig = PathoSCOPEConfig(), backbone: Path | None = None,
                    texture_dir: Path | None = None,
                    progress: ProgressCallback | None = None,
-                   cancel: Callable[[], bool] | None = None) -> FittedModel:
+                   cancel: CancelCallback | None = None) -> FittedModel:
     """Fit PathoSCOPE to ``references`` and save it as bundle ``name`` in ``models_dir`` (never over an existing
     model). Names, backbone file, texture folder and slice ranges are checked before the fit; nothing is written
     unless the fit completes (a cancel, also after training, saves nothing)."""
@@ -153,23 +152,23 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
     warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
     result = fit_pathoscope(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)), ids,
                             config, settings, backbone_state=backbone_state, texture_dir=texture_dir,
-                            progress=lambda f, stage: report(0.1 + 0.85 * f, stage), cancel=cancel)
-    thresholds = reference_thresholds(result.state_dict, pre, config, slices, masks)
-    if cancel is not None and cancel():
-        raise Cancelled()
+                            progress=sub_progress(report, 0.1, 0.95), cancel=cancel)
+    names = [r.name for r in references]
+    run = RunRecord(method="pathoscope", config={**config.to_dict(), "fit": settings.to_dict()},
+                    settings=settings.to_dict(),
+                    source={"dataset": "reference volumes", "modality": modality.lower(),
+                            "licence": "the user's own reference scans (their terms apply)",
+                            "preprocessing": pre.to_dict()},
+                    data=f"{len(references)} reference volumes ({', '.join(names)}), {result.record['slices']} slices",
+                    seed=settings.seed, device="cpu", seconds=result.record["seconds"], done=settings.steps,
+                    planned=settings.steps, command="fit_references (Learn normal from references)",
+                    losses=[result.record["final_losses"]], references=names,
+                    notes={"fit": result.record, "warnings": warnings})
+    card = card_from_run(run, name)
+    card.thresholds = reference_thresholds(Bundle(card=card, state_dict=result.state_dict, path=folder), slices,
+                                           masks)
+    check_cancel(cancel)
     report(0.95, "saving the model")
-    card = ModelCard(
-        name=name, method="pathoscope", version=__version__, modality=modality.lower(), preprocessing=pre,
-        hyperparameters={**config.to_dict(), "fit": settings.to_dict()},
-        thresholds={**thresholds,
-                    "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy "
-                                     "validation scans with `python -m training calibrate` when you have them"},
-        training={"data": f"{len(references)} reference volumes ({', '.join(r.name for r in references)}), "
-                          f"{result.record['slices']} slices", "references": [r.name for r in references],
-                  "seed": settings.seed, "seconds": result.record["seconds"], "device": "cpu",
-                  "fit": result.record, "warnings": warnings},
-        licence={"weights": "derived from the user's reference scans", "non_commercial": False,
-                 "training_data": "the user's own reference scans (their terms apply)"})
     _check_new_model(folder)  # again: another fit may have taken the name meanwhile
     save_bundle(folder, card, result.state_dict)
     report(1.0, "done")

@@ -20,6 +20,7 @@ from ..bundle import Bundle
 from .autoencoder import AutoencoderConfig, ConvAutoencoder
 from .common import load_module, mean_in_mask
 from .base import SliceResult
+from .registry import register
 from .patchgan import PatchDiscriminator
 from .runtime import autocast_for
 
@@ -42,10 +43,12 @@ class ALOCCConfig:
                    disc_widths=tuple(data["disc_widths"]), noise_sigma=float(data["noise_sigma"]))
 
 
+@register
 class ALOCC:
     """D(R(x)) scoring behind the method interface."""
 
     name: ClassVar[str] = "alocc"
+    weights: ClassVar[tuple[str, ...]] = ("reconstructor", "discriminator")
 
     def __init__(self, config: ALOCCConfig, reconstructor: ConvAutoencoder, discriminator: PatchDiscriminator,
                  device: torch.device) -> None:

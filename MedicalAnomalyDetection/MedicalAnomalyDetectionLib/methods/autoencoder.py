@@ -17,6 +17,7 @@ from torch import nn
 from ..bundle import Bundle
 from ..errors import InputError
 from .base import SliceResult
+from .registry import register
 from .common import load_module, mean_in_mask, smooth
 from .intensity import signed_residual
 from .runtime import autocast_for
@@ -80,10 +81,12 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+@register
 class Autoencoder:
     """The AE baseline behind the method interface."""
 
     name: ClassVar[str] = "ae"
+    weights: ClassVar[tuple[str, ...]] = ("autoencoder",)
 
     def __init__(self, config: AutoencoderConfig, network: ConvAutoencoder, device: torch.device) -> None:
         self.config = config

@@ -19,9 +19,17 @@ class SliceResult:
 
 
 class AnomalyMethod(Protocol):
-    """What every method (Patch-GAN, baselines, ...) provides to the inference path."""
+    """What every method (Patch-GAN, baselines, ...) provides to the inference path.
+
+    ``weights`` names the modules whose ``state_dict`` a bundle stores, as ``<module>.<parameter>`` keys: the one
+    place that says which trained modules a method needs (training checkpoints every module, export keeps these).
+    ``ablations`` maps the name of a variant (e.g. "ranking off") to card hyper-parameters it overrides, for the
+    ablation rows of ``training compare`` and ``training evaluate --ablation``.
+    """
 
     name: ClassVar[str]
+    weights: ClassVar[tuple[str, ...]]
+    ablations: ClassVar[dict[str, dict]]
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "AnomalyMethod":

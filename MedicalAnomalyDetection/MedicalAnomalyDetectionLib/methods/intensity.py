@@ -14,6 +14,7 @@ import torch
 from ..bundle import Bundle
 from ..scoring import PatchRanking, slice_scores
 from .base import SliceResult
+from .registry import register
 
 
 def signed_residual(residual: torch.Tensor, sign: str) -> torch.Tensor:
@@ -25,10 +26,12 @@ def signed_residual(residual: torch.Tensor, sign: str) -> torch.Tensor:
     return residual.abs()
 
 
+@register
 class IntensityBaseline:
     """Robust z-score of the intensity inside the brain."""
 
     name: ClassVar[str] = "intensity"
+    weights: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sign: str, ranking: PatchRanking) -> None:
         self.sign = sign

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..bundle import Bundle
 from ..errors import InputError
 from .base import SliceResult
+from .registry import register
 
 
 # A patch takes part in fitting and in the map when at least this share of it is brain.
@@ -100,10 +101,12 @@ class RBFDecision:
         return decision
 
 
+@register
 class OneClassSVMMethod:
     """Slice and patch one-class SVMs behind the method interface."""
 
     name: ClassVar[str] = "ocsvm"
+    weights: ClassVar[tuple[str, ...]] = ("slice_svm", "patch_svm")
 
     def __init__(self, config: OCSVMConfig, slice_svm: RBFDecision, patch_svm: RBFDecision,
                  device: torch.device) -> None:

@@ -40,6 +40,7 @@ from torch import nn
 from ..bundle import Bundle
 from ..scoring import PatchRanking, slice_scores
 from .base import SliceResult
+from .registry import register
 from .common import load_module, smooth
 from .intensity import signed_residual
 from .runtime import autocast_for
@@ -153,10 +154,13 @@ def inference_holes(height: int, width: int, config: PatchGANConfig, device: tor
     return checkerboard_holes(height, width, config.hole, phase_t, shift_t, shift_t)
 
 
+@register
 class PatchGAN:
     """The flagship method: masked reconstruction residuals scored with targeted patch ranking."""
 
     name: ClassVar[str] = "patchgan"
+    weights: ClassVar[tuple[str, ...]] = ("reconstructor",)
+    ablations: ClassVar[dict[str, dict]] = {"ranking off": {"ranking": {"ranking": False}}}
 
     def __init__(self, config: PatchGANConfig, reconstructor: Reconstructor, device: torch.device) -> None:
         self.config = config

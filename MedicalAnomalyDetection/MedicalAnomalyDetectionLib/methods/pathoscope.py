@@ -36,6 +36,7 @@ from ..bundle import Bundle
 from ..errors import InputError
 from .backbone import FEATURE_CHANNELS, ResNet18Trunk, aggregate
 from .base import SliceResult
+from .registry import register
 from .common import load_module
 from .runtime import autocast_for
 
@@ -137,10 +138,12 @@ def pathology_map(logits: torch.Tensor, size: tuple[int, int], mask: torch.Tenso
     return gaussian_smooth(upsampled, sigma) * mask
 
 
+@register
 class PathoSCOPE:
     """The few-shot method behind the plug-in interface."""
 
     name: ClassVar[str] = "pathoscope"
+    weights: ClassVar[tuple[str, ...]] = ("embedder", "adapter", "discriminator")
 
     def __init__(self, config: PathoSCOPEConfig, embedder: Embedder, adapter: Adapter, discriminator: Discriminator,
                  device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""Adversarial training of the Patch-GAN's reconstructor and PatchGAN discriminator on healthy slices.
+"""The Patch-GAN's recipe: adversarial training of the reconstructor and the PatchGAN discriminator on healthy
+slices.
 
 The networks, hole masks and loss terms are those of ``MedicalAnomalyDetectionLib.methods.patchgan`` (its docstring
 states the choices made where the paper is silent); the loop, checkpoints and resume are :mod:`training.loop`'s.
@@ -6,14 +7,21 @@ states the choices made where the paper is silent); the loop, checkpoints and re
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from MedicalAnomalyDetectionLib.methods.patchgan import (LOG_VAR_RANGE, PatchDiscriminator, PatchGANConfig,
-                                                         Reconstructor, checkerboard_holes)
+from MedicalAnomalyDetectionLib.methods.patchgan import (LOG_VAR_RANGE, PatchDiscriminator, PatchGAN,
+                                                         PatchGANConfig, Reconstructor, checkerboard_holes)
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
+from MedicalAnomalyDetectionLib.run_record import RunRecord
+from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
-from .loop import FitSettings, Trainee
+from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
+from ..slice_set import SliceSet
+from . import Recipe, register
 
 
 def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstructor,
@@ -66,12 +74,34 @@ def patchgan_trainee(config: PatchGANConfig, settings: FitSettings, device: torc
     torch.manual_seed(settings.seed)
     reconstructor = Reconstructor(config.widths, config.uncertainty).to(device)
     discriminator = PatchDiscriminator(config.disc_widths).to(device)
-    opt_r = torch.optim.Adam(reconstructor.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
+    opt_r, opt_d = adam(reconstructor, settings), adam(discriminator, settings)
 
     def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
         return training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
 
-    return Trainee(method="patchgan", config=config.to_dict(),
+    return Trainee(method=PatchGAN.name, config=config.to_dict(),
                    modules={"reconstructor": reconstructor, "discriminator": discriminator},
                    optimisers={"reconstructor": opt_r, "discriminator": opt_d}, step=step)
+
+
+@register
+class PatchGANRecipe(Recipe):
+    name = PatchGAN.name
+    help = "Patch-GAN with targeted patch ranking (masked in-painting + PatchGAN discriminator)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        add_loop_arguments(parser)
+        parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="encoder widths")
+        parser.add_argument("--hole", type=int, default=32, help="in-painting hole (and ranking patch) size in px")
+        parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
+                            help="which residuals are anomalous (FLAIR lesions: positive)")
+        parser.add_argument("--uncertainty", action="store_true", help="add the log-variance head (our addition)")
+
+    @classmethod
+    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
+        config = PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
+                                ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
+                                uncertainty=args.uncertainty)
+        return train_from_args(lambda settings, device: patchgan_trainee(config, settings, device), args, data,
+                               run_dir, command)

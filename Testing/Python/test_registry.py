@@ -1,0 +1,138 @@
+"""Methods and their recipes are plug-ins: a toy method registered here goes through fit -> export -> detect with no
+other file knowing about it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.inference import detect
+from MedicalAnomalyDetectionLib.methods import SliceResult, build_method, method_class, method_names, register
+from MedicalAnomalyDetectionLib.methods.common import load_module
+from MedicalAnomalyDetectionLib.run_record import RunRecord
+from training.cli import main
+from training.loop import CHECKPOINT, save_checkpoint
+from training.recipes import Recipe, recipe, recipe_names
+from training.recipes import register as register_recipe
+from training.slice_set import SliceSet
+
+from conftest import head_array, make_image
+
+
+@register
+class ToyBrightness:
+    """Map = slice x a learned gain (one parameter); score = the map's maximum."""
+
+    name: ClassVar[str] = "toy-brightness"
+    weights: ClassVar[tuple[str, ...]] = ("gain",)
+
+    def __init__(self, gain: nn.Module) -> None:
+        self.gain, self.device = gain, torch.device("cpu")
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "ToyBrightness":
+        return cls(load_module(nn.Linear(1, 1, bias=False), bundle, "gain"))
+
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        with torch.no_grad():
+            maps = slices.float() * self.gain.weight[0, 0] * mask
+        return SliceResult(maps=maps, scores=maps.flatten(1).max(dim=1).values)
+
+
+@register_recipe
+class ToyBrightnessRecipe(Recipe):
+    name = ToyBrightness.name
+    help = "test method"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--gain", type=float, default=2.0)
+
+    @classmethod
+    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
+        gain = nn.Linear(1, 1, bias=False)
+        nn.init.constant_(gain.weight, args.gain)
+        save_checkpoint({"modules": {"gain": gain.state_dict(), "scratch": {"x": torch.zeros(1)}}},
+                        run_dir / CHECKPOINT)
+        return RunRecord(method=cls.name, config={}, settings={"gain": args.gain}, source=data.source,
+                         data=data.describe(), seed=args.seed, device="cpu", seconds=0.0, done=1, planned=1,
+                         command=command)
+
+
+def test_the_registries_know_the_shipped_methods():
+    assert {"patchgan", "pathoscope", "intensity", "ae", "alocc", "ocsvm"} <= set(method_names())
+    assert set(method_names()) >= set(recipe_names()) - {"toy-brightness"}
+    assert recipe_names(few_shot=True) == ["pathoscope"]
+    assert method_class("patchgan").weights == ("reconstructor",)
+    assert method_class("patchgan").ablations == {"ranking off": {"ranking": {"ranking": False}}}
+    with pytest.raises(InputError, match="unknown method 'nope'"):
+        method_class("nope")
+    with pytest.raises(InputError, match="no training recipe"):
+        recipe("nope")
+
+
+def test_a_registered_method_goes_from_fit_to_detect(toy_dataset, tmp_path):
+    cache, run, bundle_dir = tmp_path / "c.npz", tmp_path / "run", tmp_path / "bundle"
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(cache),
+                 "--size", "32", "--spacing", "4"]) == 0
+    assert main(["fit", "--method", "toy-brightness", "--data", str(cache), "--run-dir", str(run),
+                 "--gain", "3"]) == 0
+    record = RunRecord.load(run)
+    assert record.settings == {"gain": 3.0} and "--gain 3" in record.command
+    assert main(["export", "--run", str(run), "--name", "toy", "--out", str(bundle_dir)]) == 0
+    bundle = load_bundle(bundle_dir)
+    assert set(bundle.state_dict) == {"gain.weight"}  # only the modules the method names, not "scratch"
+    assert bundle.card.method == "toy-brightness" and bundle.card.licence["non_commercial"] is True
+    result = detect(make_image(head_array()), bundle, threshold=1.0)
+    brain_max = float(sitk.GetArrayFromImage(result.anomaly_map).max())
+    plain = detect(make_image(head_array()), bundle, threshold=1.0,
+                   method=ToyBrightness(nn.Linear(1, 1, bias=False).requires_grad_(False).apply(
+                       lambda m: nn.init.constant_(m.weight, 1.0))))
+    assert brain_max == pytest.approx(3.0 * float(sitk.GetArrayFromImage(plain.anomaly_map).max()), rel=1e-4)
+    assert type(build_method(bundle, torch.device("cpu"))) is ToyBrightness
+
+
+def test_export_refuses_a_checkpoint_without_the_methods_modules(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint({"modules": {"scratch": {"x": torch.zeros(1)}}}, run / CHECKPOINT)
+    RunRecord(method="toy-brightness", config={}, settings={}, source={"preprocessing": {
+        "plane": "axial", "size": [32, 32], "spacing_mm": 4.0, "normalisation": "percentile", "clip": [-1, 3]}},
+        data="", seed=0, device="cpu", seconds=0.0, done=1, planned=1, command="").save(run)
+    assert main(["export", "--run", str(run), "--name", "toy", "--out", str(tmp_path / "b")]) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_run_records_round_trip_and_refuse_garbage(tmp_path):
+    record = RunRecord(method="ae", config={"a": 1}, settings={}, source={}, data="d", seed=1, device="cpu",
+                       seconds=1.5, done=2, planned=3, command="c", losses=[{"loss": 0.5}])
+    record.save(tmp_path)
+    assert RunRecord.load(tmp_path) == record
+    (tmp_path / "run.json").write_text('{"method": "ae"}')
+    with pytest.raises(InputError, match="malformed"):
+        RunRecord.load(tmp_path)
+    with pytest.raises(InputError, match="no run.json"):
+        RunRecord.load(tmp_path / "missing")
+
+
+def test_maps_of_the_toy_method_are_finite(tmp_path):
+    """The toy's map through the core's one scoring pipeline keeps zero outside the brain."""
+    from MedicalAnomalyDetectionLib.card import Preprocessing
+    from MedicalAnomalyDetectionLib.pipeline import score_volume
+    from MedicalAnomalyDetectionLib.preprocessing import prepare_volume
+
+    prepared = prepare_volume(make_image(head_array()), Preprocessing(size=(32, 32), spacing_mm=4.0))
+    gain = nn.Linear(1, 1, bias=False).requires_grad_(False)
+    nn.init.constant_(gain.weight, 1.0)
+    scores = score_volume(ToyBrightness(gain), prepared, batch_size=5)
+    assert np.isfinite(scores.maps).all() and (scores.maps[~prepared.mask] == 0).all()
+    assert scores.volume_score == pytest.approx(float(scores.slice_scores[scores.eligible].max()))
