@@ -11,6 +11,7 @@ from pathlib import Path
 
 from MedicalAnomalyDetectionLib.errors import InputError
 
+from .evaluation import PIXEL_FPR
 from .recipes import recipe, recipe_names
 
 
@@ -75,10 +76,12 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from .evaluation import calibrate, score_split
 
     bundle, method = _load_for_scoring(args)
-    cases = load_cases(args.dataset, args.split, bundle.card.modality)
-    scores = score_split(method, bundle, cases)
-    thresholds = calibrate(scores, args.pixel_fpr, args.slice_fpr)
-    thresholds.update(calibrated_on=f"{cases[0].dataset} {args.split}", command=args.command_line)
+    sources = {}
+    for dataset in args.dataset:
+        cases = load_cases(dataset, args.split, bundle.card.modality)
+        sources[f"{cases[0].dataset} {args.split}"] = score_split(method, bundle, cases, masking=args.brain_mask)
+    thresholds = calibrate(sources, args.pixel_fpr, args.slice_fpr)
+    thresholds.update(calibrated_on=", ".join(sources), masking=args.brain_mask, command=args.command_line)
     bundle.card.thresholds = thresholds
     write_card(bundle.path, bundle.card)
     print(json.dumps(thresholds, indent=2))
@@ -88,17 +91,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from MedicalAnomalyDetectionLib.bundle import write_card
 
     from .datasets import load_cases
-    from .evaluation import score_split, summarise, write_report
+    from .evaluation import metrics_key, score_split, summarise, write_report
 
     bundle, method = _load_for_scoring(args, args.ablation)
     cases = load_cases(args.dataset, args.split, bundle.card.modality)
-    scores = score_split(method, bundle, cases)
+    scores = score_split(method, bundle, cases, masking=args.brain_mask)
     summary = summarise(scores, bundle.card.thresholds.get("pixel"))
     dataset = cases[0].dataset
     summary.update(dataset=dataset, split=args.split, modality=bundle.card.modality, command=args.command_line)
     write_report(scores, summary, f"{bundle.card.name} on {dataset} {args.split}", args.out)
     if args.update_card:
-        key = f"{dataset}/{args.split}" + ("" if args.ablation is None else f" ({args.ablation})")
+        key = metrics_key(dataset, args.split, args.ablation, args.brain_mask)
         bundle.card.metrics[key] = summary
         write_card(bundle.path, bundle.card)
     print(json.dumps(summary, indent=2))
@@ -188,6 +191,12 @@ def _add_preprocessing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", type=float, default=1.875, help="in-plane spacing in mm")
 
 
+def _add_masking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--brain-mask", default="dataset", choices=("dataset", "auto", "none"),
+                        help="maps inside the dataset's brain masks, or masked as mad-detect does without one "
+                             "(auto: brain extraction of skull-on scans; none: foreground)")
+
+
 def _add_fit_parser(sub, method: str) -> None:
     """``fit``: the options common to every method, then those of ``method``'s recipe."""
     p = sub.add_parser("fit", help="train a method (its options: fit --method NAME --help)")
@@ -227,12 +236,15 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
                                   ("evaluate", cmd_evaluate, "measure a bundle on a split; write metrics and plots")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", required=True, help="bundle name or folder")
-        p.add_argument("--dataset", type=Path, required=True)
+        p.add_argument("--dataset", type=Path, required=True, nargs="+" if name == "calibrate" else None,
+                       help="dataset folder" + ("s (each weighs the same)" if name == "calibrate" else ""))
         p.add_argument("--split", default="val" if name == "calibrate" else "test")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        _add_masking(p)
         p.set_defaults(func=func)
         if name == "calibrate":
-            p.add_argument("--pixel-fpr", type=float, default=0.001, help="share of healthy brain pixels flagged")
+            p.add_argument("--pixel-fpr", type=float, default=PIXEL_FPR,
+                           help="share of healthy brain voxels flagged (default: docs/analysis/operating_points.md)")
             p.add_argument("--slice-fpr", type=float, default=0.05, help="share of healthy slices flagged")
         else:
             p.add_argument("--out", type=Path, required=True)

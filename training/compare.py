@@ -12,7 +12,7 @@ from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
 from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
 
 from .datasets import load_cases
-from .evaluation import score_split, summarise
+from .evaluation import metrics_key, score_split, summarise
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
@@ -44,7 +44,7 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
                 results.setdefault(name, {})[dataset] = summary
                 curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))
                 if update_cards:
-                    key = f"{dataset}/test" + (f" ({ablation})" if ablation else "")
+                    key = metrics_key(dataset, "test", ablation)
                     bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
                                                 "modality": bundle.card.modality, "command": command}
                 print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS))

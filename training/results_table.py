@@ -5,8 +5,8 @@ from __future__ import annotations
 from MedicalAnomalyDetectionLib.bundle import list_bundled_models
 
 COLUMNS = (("slice_auroc", "slice AUROC"), ("slice_ap", "slice AP"), ("voxel_auroc", "voxel AUROC"),
-           ("voxel_ap", "voxel AP"), ("best_dice", "⌈Dice⌉"), ("dice_at_threshold", "Dice @ calibrated"),
-           ("flagged_voxel_fraction", "healthy voxels flagged"))
+           ("voxel_ap", "voxel AP"), ("best_dice", "⌈Dice⌉"), ("dice_at_threshold", "Dice @ threshold"),
+           ("healthy_fpr_at_threshold", "healthy voxels flagged @ threshold"))
 
 
 def markdown_table() -> str:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .brain_extraction import MASKING_MODES
 from .bundle import load_bundle
 from .errors import InputError
 from .inference import detect
 from .volume_io import read_volume, write_image
 
-OUTPUTS = ("anomaly_map.nii.gz", "anomaly_label.nii.gz", "slice_scores.csv", "report.json")
+OUTPUTS = ("anomaly_map.nii.gz", "anomaly_label.nii.gz", "brain_mask.nii.gz", "slice_scores.csv", "report.json")
 
 
 def _positive_int(text: str) -> int:
@@ -34,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("input", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder")
     parser.add_argument("--model", required=True, help="bundled model name or path to a model bundle folder")
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for the outputs (created if missing)")
-    parser.add_argument("--brain-mask", help="brain mask on the input's grid (else a foreground mask is used)")
+    parser.add_argument("--brain-mask", default="auto", metavar="auto|none|FILE",
+                        help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
+                             "extraction; none: the foreground mask; FILE: a brain mask on the input's grid")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threshold", type=float, help="pixel threshold (default: the model's calibrated one)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per network batch")
@@ -56,21 +59,24 @@ def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Do what the command line asks; returns the report written to report.json."""
-    inputs = tuple(Path(p) for p in (args.input, args.brain_mask) if p)
+    mask_file = args.brain_mask if args.brain_mask not in MASKING_MODES else None
+    inputs = tuple(Path(p) for p in (args.input, mask_file) if p)
     bundle = load_bundle(args.model)
     image = read_volume(args.input)
-    mask = read_volume(args.brain_mask) if args.brain_mask else None
+    mask = read_volume(mask_file) if mask_file else None
     _check_output_dir(args.output_dir, inputs)
 
     def progress(fraction: float, stage: str) -> None:
         print(f"\r[{fraction:4.0%}] {stage:<32}", end="", file=sys.stderr, flush=True)
 
     result = detect(image, bundle, brain_mask=mask, device=args.device, threshold=args.threshold,
-                    batch_size=args.batch_size, progress=progress)
+                    batch_size=args.batch_size, progress=progress,
+                    masking=args.brain_mask if mask_file is None else "auto")
     print(file=sys.stderr)
     out = args.output_dir
     write_image(result.anomaly_map, out / "anomaly_map.nii.gz", inputs)
     write_image(result.label_map, out / "anomaly_label.nii.gz", inputs)
+    write_image(result.brain.mask, out / "brain_mask.nii.gz", inputs)
     with open(out / "slice_scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["slice_index", "score"])
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {"input": str(args.input), "model": result.model, "model_version": bundle.card.version,
               "volume_score": result.volume_score, "slice_threshold": slice_threshold,
               "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
-              "slice_axis": result.slice_axis, "most_anomalous_slice": result.most_anomalous_slice,
+              "masking": result.brain.how, "slice_axis": result.slice_axis, "most_anomalous_slice": result.most_anomalous_slice,
               "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
               "device": result.device, "seconds": round(result.seconds, 3)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
+from .brain_extraction import BrainMask, brain_mask_for
 from .bundle import Bundle
 from .errors import InputError
 from .methods import AnomalyMethod, build_method
@@ -16,6 +18,7 @@ from .methods.runtime import choose_device
 from .pipeline import score_volume
 from .preprocessing import prepare_volume, to_input_grid
 from .progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
+from .volume_io import validate_volume
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Detection:
     slice_axis: int  # input IJK axis the slices step along
     slice_eligible: np.ndarray  # (N,) bool: slices with enough brain to count (see scoring.MIN_BRAIN_SHARE)
     volume_score: float
+    brain: BrainMask  # the brain mask the run used (on the input grid) and how it was made
     threshold: float
     model: str
     device: str
@@ -63,10 +67,12 @@ def label_from_map(anomaly_map: sitk.Image, threshold: float) -> sitk.Image:
 
 def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = None, device: str = "auto",
            threshold: float | None = None, batch_size: int = 16, progress: ProgressCallback | None = None,
-           cancel: CancelCallback | None = None, method: AnomalyMethod | None = None) -> Detection:
+           cancel: CancelCallback | None = None, method: AnomalyMethod | None = None,
+           masking: str = "auto") -> Detection:
     """Detect anomalies in ``image`` with ``bundle``'s model. ``image`` and ``brain_mask`` are never modified.
 
-    ``threshold`` defaults to the card's calibrated pixel threshold. ``progress(fraction, stage)`` is called as work
+    Without ``brain_mask``, ``masking`` "auto" extracts the brain of a skull-on input (see ``brain_extraction``)
+    and "none" uses the foreground. ``threshold`` defaults to the card's calibrated pixel threshold. ``progress(fraction, stage)`` is called as work
     advances; when ``cancel()`` returns True the run stops with :class:`~.progress.Cancelled`. Pass ``method`` to
     reuse an already built method (e.g. across many volumes).
     """
@@ -76,11 +82,16 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     if threshold is None:
         raise InputError(f"model {bundle.card.name} has no calibrated threshold; pass one")
     threshold = check_threshold(threshold)
-    report(0.0, "preparing volume")
-    prepared = prepare_volume(image, bundle.card.preprocessing, brain_mask)
+    run_device = choose_device(device) if method is None else getattr(method, "device", torch.device("cpu"))
+    image = validate_volume(image)
+    report(0.0, "finding the brain")
+    brain = brain_mask_for(image, brain_mask, masking, run_device)
+    check_cancel(cancel)
+    report(0.05, "preparing volume")
+    prepared = prepare_volume(image, bundle.card.preprocessing, brain.mask)
     if method is None:
-        report(0.05, "loading model")
-        method = build_method(bundle, choose_device(device))
+        report(0.08, "loading model")
+        method = build_method(bundle, run_device)
     scores = score_volume(method, prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel)
     report(0.9, "resampling to the input grid")
     anomaly_map = to_input_grid(scores.maps, prepared)
@@ -89,5 +100,5 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     return Detection(anomaly_map=anomaly_map, label_map=label_from_map(anomaly_map, threshold),
                      slice_scores=scores.slice_scores, slice_index=prepared.slice_index,
                      slice_axis=prepared.slice_axis, slice_eligible=scores.eligible,
-                     volume_score=scores.volume_score, threshold=threshold, model=bundle.card.name,
-                     device=str(getattr(method, "device", "cpu")), seconds=time.perf_counter() - started)
+                     volume_score=scores.volume_score, brain=brain, threshold=threshold, model=bundle.card.name,
+                     device=str(run_device), seconds=time.perf_counter() - started)

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
 MIN_INPLANE_VOXELS = 16
+# A volume whose voxels (a sample of about LABEL_SAMPLE of them) take at most this many integer values is a label map.
+MAX_LABEL_VALUES = 8
+LABEL_SAMPLE = 200_000
 
 
 def read_volume(path: str | Path) -> sitk.Image:
@@ -75,6 +78,11 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
         raise InputError(f"{name} holds {int((~finite).sum())} NaN/Inf voxels; clean them before detection")
     if float(array.max()) == float(array.min()):
         raise InputError(f"{name} is constant (every voxel is {float(array.min()):g}); nothing to detect")
+    sample = array.ravel()[::max(1, array.size // LABEL_SAMPLE)]
+    values = np.unique(sample)
+    if len(values) <= MAX_LABEL_VALUES and np.all(values == np.round(values)):
+        raise InputError(f"{name} looks like a label map or mask (only the values "
+                         f"{', '.join(f'{v:g}' for v in values)}), not an MRI volume")
     return image
 
 

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES, deepbet_weights, looks_skull_stripped
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, user_models_dir
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # Node reference roles on the input volume pointing at its latest outputs, so a second run reuses them.
 REFERENCE_ROLES = {"map": "MedicalAnomalyDetection.anomalyMap", "label": "MedicalAnomalyDetection.anomalyLabel",
-                   "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart"}
+                   "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart",
+                   "brain": "MedicalAnomalyDetection.brainMask"}
 SLICE_AXIS_ATTRIBUTE = "MedicalAnomalyDetection.sliceAxis"
 HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
@@ -48,12 +50,19 @@ class DetectionJob:
     device: str
     threshold: float | None
     maskNode: slicer.vtkMRMLNode | None = None
+    masking: str = "auto"
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def needsBrainExtraction(self) -> bool:
+        """True when the run will extract the brain (no mask, a skull-on input) and deepbet is not installed."""
+        return (self.mask is None and self.masking == "auto" and deepbet_weights() is None
+                and not looks_skull_stripped(self.image))
 
     def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
         """Run the core; raises ``Cancelled`` when ``cancel()`` turns True and ``InputError`` for unusable input."""
         return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
-                      progress=progress, cancel=cancel)
+                      progress=progress, cancel=cancel, masking=self.masking)
 
 
 @dataclass
@@ -85,6 +94,8 @@ class DetectionOutputs:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     anomalyMap: slicer.vtkMRMLScalarVolumeNode
     anomalyLabel: slicer.vtkMRMLLabelMapVolumeNode
+    brainMask: slicer.vtkMRMLNode  # the mask the run used: the given node, or a new segmentation of the brain found
+    masking: str  # how the brain mask was obtained
     sliceTable: slicer.vtkMRMLTableNode
     chart: slicer.vtkMRMLPlotChartNode
     model: str
@@ -109,20 +120,22 @@ class MedicalAnomalyDetectionLogic:
 
     def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
                 brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto", threshold: float | None = None,
-                outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
+                masking: str = "auto", outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
                 outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
                 outputTable: slicer.vtkMRMLTableNode | None = None, progress: ProgressCallback | None = None,
                 cancel: CancelCallback | None = None) -> DetectionOutputs:
         """Detect anomalies in ``inputVolume`` synchronously; ``model`` is a bundled model's name or a bundle folder,
-        ``device`` auto/cpu/cuda, ``threshold`` defaults to the card's. Missing outputs are reused from the previous
-        run on this input, else created."""
-        job = self.prepare(inputVolume, model, brainMask, device, threshold)
+        ``device`` auto/cpu/cuda, ``threshold`` defaults to the card's. Without ``brainMask`` the brain segmentation
+        of the previous run on this input is used, else ``masking`` "auto" extracts the brain of a skull-on input
+        (and adds it to the scene as a segmentation) and "none" uses the foreground. Missing outputs are reused
+        from the previous run on this input, else created."""
+        job = self.prepare(inputVolume, model, brainMask, device, threshold, masking)
         detection = job.run(progress, cancel)
         return self.apply(job, detection, outputMap, outputLabel, outputTable)
 
     def prepare(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
                 brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto",
-                threshold: float | None = None) -> DetectionJob:
+                threshold: float | None = None, masking: str = "auto") -> DetectionJob:
         """Check the inputs, copy them out of MRML and load the bundle; touches nothing in the scene for good."""
         if not isinstance(inputVolume, slicer.vtkMRMLScalarVolumeNode) or isinstance(
                 inputVolume, slicer.vtkMRMLLabelMapVolumeNode):
@@ -131,14 +144,25 @@ class MedicalAnomalyDetectionLogic:
             raise InputError(f"input volume {inputVolume.GetName()} is not in a scene")
         if device not in ("auto", "cpu", "cuda"):
             raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
+        if masking not in MASKING_MODES:
+            raise InputError(f"masking must be one of {', '.join(MASKING_MODES)}, not {masking!r}")
         bundle = load_bundle(model)
         image = imageFromVolume(inputVolume)
+        if brainMask is None and masking == "auto":
+            brainMask = self.previousBrainMask(inputVolume)
         mask = maskFromNode(brainMask, inputVolume) if brainMask is not None else None
         warning = modalityWarning(inputVolume, bundle.card.modality)
         if warning:
             log.warning(warning)
         return DetectionJob(inputVolume=inputVolume, image=image, mask=mask, bundle=bundle, device=device,
-                            threshold=threshold, maskNode=brainMask, warnings=[warning] if warning else [])
+                            threshold=threshold, maskNode=brainMask, masking=masking,
+                            warnings=[warning] if warning else [])
+
+    @staticmethod
+    def previousBrainMask(inputVolume: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLNode | None:
+        """The brain segmentation an earlier run found for this input (the user may have edited it), if still there."""
+        node = inputVolume.GetNodeReference(REFERENCE_ROLES["brain"])
+        return node if node is not None and node.GetScene() is not None else None
 
     def prepareFit(self, referenceVolumes: list[slicer.vtkMRMLScalarVolumeNode], name: str, modality: str = "flair",
                    brainMasks: list[slicer.vtkMRMLNode | None] | None = None,
@@ -205,11 +229,16 @@ class MedicalAnomalyDetectionLogic:
                          _voxelsPerSlice(labelArray, detection.slice_axis, detection.slice_index[order]))
         table.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(detection.slice_axis))
         self._plot(chart, table, name)
-        self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart))
+        brainMask = job.maskNode
+        if brainMask is None:
+            brainMask = self._brainSegmentation(inputVolume, detection.brain.mask, f"{name} brain")
+        self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart, brainMask))
 
         card = job.bundle.card
         self.lastOutputs = DetectionOutputs(
-            inputVolume=inputVolume, anomalyMap=anomalyMap, anomalyLabel=anomalyLabel, sliceTable=table,
+            inputVolume=inputVolume, anomalyMap=anomalyMap, anomalyLabel=anomalyLabel, brainMask=brainMask,
+            masking=detection.brain.how if job.maskNode is None else f"brain mask {job.maskNode.GetName()}",
+            sliceTable=table,
             chart=chart, model=detection.model, device=detection.device, seconds=detection.seconds,
             threshold=detection.threshold, volumeScore=float(detection.volume_score),
             sliceThreshold=card.thresholds.get("slice"), sliceAxis=detection.slice_axis,
@@ -256,6 +285,29 @@ class MedicalAnomalyDetectionLogic:
             node = inputVolume.GetScene().AddNewNodeByClass(className, inputVolume.GetScene().GenerateUniqueName(name))
         inputVolume.SetNodeReferenceID(REFERENCE_ROLES[role], node.GetID())
         return node
+
+    @classmethod
+    def _brainSegmentation(cls, inputVolume: slicer.vtkMRMLScalarVolumeNode, mask: sitk.Image,
+                           name: str) -> slicer.vtkMRMLSegmentationNode:
+        """The brain the run found, as a segmentation beside the input that the user can inspect and edit; the next
+        run on this input uses it (see :meth:`previousBrainMask`)."""
+        scene = inputVolume.GetScene()
+        segmentation = cls._outputNode(inputVolume, "brain", None, "vtkMRMLSegmentationNode", name)
+        segmentation.GetSegmentation().RemoveAllSegments()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__brain_mask_import__")
+        try:
+            updateVolumeFromImage(labelmap, mask, inputVolume)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+                raise InputError("could not turn the brain mask into a segmentation")
+        finally:
+            scene.RemoveNode(labelmap)
+        segment = segmentation.GetSegmentation().GetNthSegment(0)
+        segment.SetName("brain")
+        segment.SetColor(0.95, 0.85, 0.3)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.GetDisplayNode().SetOpacity2DFill(0.0)  # outline only: the heat map stays readable
+        return segmentation
 
     @staticmethod
     def _showMap(anomalyMap: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:

@@ -20,6 +20,7 @@ from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
 from . import resourcePath
+from .dependencies import ensureDeepbet
 from .choices import parseSliceRange, startingThreshold, thresholdSliderRange
 from .logic import DetectionJob, DetectionOutputs, MedicalAnomalyDetectionLogic
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
@@ -182,6 +183,9 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         except InputError as error:
             slicer.util.errorDisplay(str(error))
             return
+        if job.needsBrainExtraction and not ensureDeepbet():
+            slicer.util.errorDisplay("Select a brain mask for this skull-on volume, or install deepbet.")
+            return
         self._start("detect", job, self._applyDetection, "\n".join(job.warnings))
 
     def _applyDetection(self, job: DetectionJob, detection) -> None:
@@ -205,7 +209,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             f" ({outputs.flaggedSlices} slices above the model's slice threshold)")
         self.ui.volumeScoreLabel.text = f"{outputs.volumeScore:.3g}{flagged}"
         self.ui.anomalousVoxelsLabel.text = f"{outputs.anomalousVoxels} voxels at threshold {outputs.threshold:.3g}"
-        self.ui.deviceUsedLabel.text = f"{outputs.device.upper()}, {outputs.seconds:.1f} s, model {outputs.model}"
+        self.ui.deviceUsedLabel.text = (f"{outputs.device.upper()}, {outputs.seconds:.1f} s, model {outputs.model}; "
+                                        f"brain: {outputs.masking} ({outputs.brainMask.GetName()})")
         self.ui.goToSliceButton.text = f"Go to most anomalous slice ({outputs.mostAnomalousSlice})"
         self.ui.statusLabel.text = "\n".join(outputs.warnings)
 

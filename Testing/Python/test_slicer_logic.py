@@ -14,7 +14,7 @@ from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids  # noqa:
 from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
 from MedicalAnomalyDetectionLib.inference import detect  # noqa: E402
 from MedicalAnomalyDetectionLib.progress import Cancelled
-from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume  # noqa: E402
+from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume, maskFromNode  # noqa: E402
 from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
                                                  SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)
 from MedicalAnomalyDetectionSlicer.modality import describedModalities  # noqa: E402
@@ -328,3 +328,50 @@ def test_fit_runs_in_a_worker_and_cancel_writes_nothing(scene, tmp_path):
     worker.start()
     assert worker.wait(60) and worker.error is None and worker.progress == (1.0, "done")
     assert worker.result.bundle.card.name == "fitted" and (tmp_path / "fitted" / "weights.pt").exists()
+
+
+def _segment_array(segmentation, volume) -> np.ndarray:
+    return sitk.GetArrayFromImage(maskFromNode(segmentation, volume))
+
+
+def _replace_segment(segmentation, volume, array: np.ndarray) -> None:
+    """What an edit in the Segment Editor amounts to: the brain segment now holds ``array``."""
+    scene = volume.GetScene()
+    labelmap = add_volume(scene, array.astype(np.uint8), "edit", origin_ras=volume.GetOrigin(),
+                          directions_ras=LPS_AXES, class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation.GetSegmentation().RemoveAllSegments()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    scene.RemoveNode(labelmap)
+
+
+def test_the_brain_found_is_a_segmentation_beside_the_input_and_reused(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    first = logic.process(volume, model=intensity_bundle.path)
+    first_map = _array(first.anomalyMap)
+    brain = first.brainMask
+    assert brain.IsA("vtkMRMLSegmentationNode") and brain.GetName() == "FLAIR axial brain"
+    assert first.masking == "foreground of a skull-stripped input"
+    np.testing.assert_array_equal(_segment_array(brain, volume) > 0, head_array() > 0)
+    hierarchy = scene.GetSubjectHierarchyNode()
+    assert (hierarchy.GetItemParent(hierarchy.GetItemByDataNode(brain))
+            == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(first.anomalyMap)))
+
+    # The user edits the segmentation (drops the half of the brain with the lesion); the next run uses the edit.
+    edited = _segment_array(brain, volume).copy()
+    edited[:, :, 20:] = 0
+    _replace_segment(brain, volume, edited)
+    count = scene.GetNumberOfNodes()
+    second = logic.process(volume, model=intensity_bundle.path)
+    assert second.brainMask is brain and second.masking == f"brain mask {brain.GetName()}"
+    assert scene.GetNumberOfNodes() == count
+    assert second.anomalyMap is first.anomalyMap
+    assert _array(second.anomalyMap)[:, :, 21:].max() == 0 and first_map[:, :, 21:].max() > 0
+
+
+def test_masking_none_does_not_reuse_the_brain_found(scene, volume, intensity_bundle):
+    logic = MedicalAnomalyDetectionLogic()
+    logic.process(volume, model=intensity_bundle.path)
+    job = logic.prepare(volume, intensity_bundle.path, masking="none")
+    assert job.mask is None and job.maskNode is None
+    with pytest.raises(InputError, match="masking must be one of"):
+        logic.prepare(volume, intensity_bundle.path, masking="skull")
