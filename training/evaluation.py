@@ -110,7 +110,7 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
             cache[key] = truth
         prepared, inside = truth.prepared, truth.inside
         out.masks_made_by.add(truth.masking)
-        scored = score_volume(method, prepared, batch_size)
+        scored = score_volume(method, prepared, batch_size, map_normalisation=bundle.card.map_normalisation)
         eligible = scored.eligible
         out.slice_labels.append(lesion_slices(prepared)[eligible])
         out.slice_scores.append(scored.slice_scores[eligible])

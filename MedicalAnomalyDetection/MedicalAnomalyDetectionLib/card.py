@@ -11,6 +11,7 @@ CARD_FORMAT = 1
 # Orientation codes (SimpleITK/DICOM convention: the direction each index axis increases toward) whose third axis
 # steps through the slices of the plane and whose first two give rows/columns in the usual radiological display.
 PLANE_ORIENTATION = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
+MAP_NORMALISATIONS = ("none", "volume")
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,17 @@ class ModelCard:
     preprocessing: Preprocessing
     hyperparameters: dict = field(default_factory=dict)
     thresholds: dict = field(default_factory=dict)  # {"pixel": .., "slice": .., how they were calibrated}
+    map_normalisation: str = "none"  # "volume": maps in robust SDs of the volume's own brain (scoring.normalise_maps)
     training: dict = field(default_factory=dict)  # data, command, epochs, seed, seconds, device
     licence: dict = field(default_factory=dict)  # {"weights": .., "training_data": .., "non_commercial": bool}
     metrics: dict = field(default_factory=dict)  # written by `python -m training evaluate`
     benchmark: dict = field(default_factory=dict)  # written by `python -m training bench`
     sha256: str | None = None  # of weights.pt; None for methods without weights
     card_format: int = CARD_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.map_normalisation not in MAP_NORMALISATIONS:
+            raise InputError(f"unknown map normalisation {self.map_normalisation!r}; one of {MAP_NORMALISATIONS}")
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -92,7 +92,8 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     if method is None:
         report(0.08, "loading model")
         method = build_method(bundle, run_device)
-    scores = score_volume(method, prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel)
+    scores = score_volume(method, prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel,
+                          bundle.card.map_normalisation)
     report(0.9, "resampling to the input grid")
     anomaly_map = to_input_grid(scores.maps, prepared)
     check_cancel(cancel)

@@ -13,7 +13,7 @@ from .errors import InputError
 from .methods import AnomalyMethod
 from .preprocessing import PreparedVolume
 from .progress import CancelCallback, ProgressCallback, check_cancel
-from .scoring import eligible_slices, volume_score
+from .scoring import eligible_slices, normalise_maps, volume_score
 
 
 @dataclass
@@ -32,8 +32,10 @@ class VolumeScores:
 
 
 def score_volume(method: AnomalyMethod, prepared: PreparedVolume, batch_size: int = 16,
-                 progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> VolumeScores:
-    """Run ``method`` over the slices of ``prepared`` that hold brain, in batches of ``batch_size``."""
+                 progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
+                 map_normalisation: str = "none") -> VolumeScores:
+    """Run ``method`` over the slices of ``prepared`` that hold brain, in batches of ``batch_size``; the maps are
+    then normalised as the model card says (``scoring.normalise_maps``, over the brain of the eligible slices)."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     count = prepared.slices.shape[0]
@@ -50,4 +52,5 @@ def score_volume(method: AnomalyMethod, prepared: PreparedVolume, batch_size: in
             progress(min(1.0, (start + len(chosen)) / max(1, len(todo))), "scoring slices")
     check_cancel(cancel)
     eligible = eligible_slices(prepared.brain_area)
+    maps = normalise_maps(maps, prepared.mask & eligible[:, None, None], map_normalisation, prepared.mask)
     return VolumeScores(maps=maps, slice_scores=scores, eligible=eligible, volume_score=volume_score(scores, eligible))

@@ -88,3 +88,16 @@ def eligible_slices(brain_area: np.ndarray, min_share: float = MIN_BRAIN_SHARE) 
 def volume_score(scores: np.ndarray, eligible: np.ndarray) -> float:
     """A volume's score: the score of its most anomalous eligible slice (0 without any)."""
     return float(np.max(scores[eligible])) if eligible.any() else 0.0
+
+
+def normalise_maps(maps: np.ndarray, region: np.ndarray, kind: str, brain: np.ndarray) -> np.ndarray:
+    """A model card's map normalisation of one volume's (N, H, W) maps: "none" leaves them; "volume" expresses them in
+    robust standard deviations above the volume's own typical brain value, (m - median) / (1.4826 MAD) with the
+    statistics taken over the ``region`` pixels (its brain), so that a threshold means the same in volumes whose
+    maps sit at different levels (e.g. from other scanners). The result is 0 outside ``brain``."""
+    values = maps[region]
+    if kind == "none" or values.size == 0:
+        return maps
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    return ((maps - median) / max(spread, 1e-6) * brain).astype(np.float32)

@@ -183,7 +183,8 @@ def test_fit_references_saves_a_model_detect_uses_and_never_overwrites(tmp_path)
                             config=TINY_PATHOSCOPE)
     card = fitted.bundle.card
     assert (card.method, card.modality) == ("pathoscope", "flair")
-    assert 0 < card.thresholds["pixel"] < 1 and card.thresholds["pixel_fpr"] == 0.001
+    assert card.map_normalisation == "volume" and card.thresholds["pixel_fpr"] == 0.01
+    assert 1.0 < card.thresholds["pixel"] < 10.0  # robust SDs above each volume's typical brain value
     assert card.training["references"] == ["healthy0", "healthy1"] and fitted.warnings == []
     assert load_bundle(tmp_path / "my-normal").card.sha256 == card.sha256
     patient = _volume(5, blob=(12, 20, 26))

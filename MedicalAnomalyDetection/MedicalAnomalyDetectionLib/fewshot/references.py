@@ -20,7 +20,7 @@ from ..pipeline import score_volume
 from ..preprocessing import prepare_volume
 from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from ..run_record import RunRecord, card_from_run
-from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
+from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices, normalise_maps
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
 
@@ -32,7 +32,7 @@ THICK_SLICE_RATIO = 2.0
 # Without validation scans, thresholds come from the references themselves: the map value exceeded by this share of
 # their brain pixels, and the slice score exceeded by this share of their slices (in-sample, so on new healthy scans
 # somewhat more is flagged).
-PIXEL_FPR, SLICE_FPR = 0.001, 0.05
+PIXEL_FPR, SLICE_FPR = 0.01, 0.05
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,8 @@ def lesion_warning(reference: Reference, modality: str) -> str | None:
     except InputError:
         return None
     prepared = prepare_volume(reference.image, baseline.card.preprocessing, reference.brain_mask)
-    scored = score_volume(build_method(baseline, torch.device("cpu")), prepared)
+    scored = score_volume(build_method(baseline, torch.device("cpu")), prepared,
+                          map_normalisation=baseline.card.map_normalisation)
     share = float((scored.maps[prepared.mask] >= baseline.card.thresholds["pixel"]).mean())
     if share < LESION_WARNING_SHARE:
         return None
@@ -103,15 +104,19 @@ def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarr
 
 
 def reference_thresholds(bundle: Bundle, slices: list[np.ndarray], masks: list[np.ndarray]) -> dict:
-    """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references."""
+    """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references (each
+    reference's maps normalised over its own slices, as the card says)."""
     method = build_method(bundle, torch.device("cpu"))
     pixels, scores = [], []
     for reference_slices, reference_masks in zip(slices, masks):
+        maps = []
         for start in range(0, len(reference_slices), 32):
-            mask = torch.from_numpy(reference_masks[start:start + 32])
-            scored = method.score(torch.from_numpy(reference_slices[start:start + 32]), mask)
-            pixels.append(scored.maps[mask].numpy())
+            scored = method.score(torch.from_numpy(reference_slices[start:start + 32]),
+                                  torch.from_numpy(reference_masks[start:start + 32]))
+            maps.append(scored.maps.numpy())
             scores.append(scored.scores.numpy())
+        maps = normalise_maps(np.concatenate(maps), reference_masks, bundle.card.map_normalisation, reference_masks)
+        pixels.append(maps[reference_masks])
     return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
             "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR,
             "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy validation "

@@ -24,7 +24,8 @@ class AnomalyMethod(Protocol):
     ``weights`` names the modules whose ``state_dict`` a bundle stores, as ``<module>.<parameter>`` keys: the one
     place that says which trained modules a method needs (training checkpoints every module, export keeps these).
     ``ablations`` maps the name of a variant (e.g. "ranking off") to card hyper-parameters it overrides, for the
-    ablation rows of ``training compare`` and ``training evaluate --ablation``.
+    ablation rows of ``training compare`` and ``training evaluate --ablation``. ``map_normalisation`` (optional,
+    "none" by default) is what the cards of its new bundles say about their maps (``scoring.normalise_maps``).
     """
 
     name: ClassVar[str]

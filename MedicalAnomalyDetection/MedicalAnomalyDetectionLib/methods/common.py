@@ -33,3 +33,21 @@ def smooth(values: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
 def mean_in_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) mean of (B, H, W) ``values`` over each slice's mask (0 for an empty mask)."""
     return (values * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp_min(1)
+
+
+def median_filter(values: torch.Tensor, size: int) -> torch.Tensor:
+    """Median of each ``size`` x ``size`` neighbourhood of (B, H, W) ``values`` (replicate padding)."""
+    if size <= 1:
+        return values
+    padded = F.pad(values.unsqueeze(1), (size // 2,) * 4, mode="replicate")
+    patches = F.unfold(padded, size)  # (B, size^2, H * W)
+    return patches.median(dim=1).values.view_as(values)
+
+
+def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """(B, H, W) ``mask`` shrunk by ``pixels`` (a pixel stays when its whole (2p+1)^2 neighbourhood is in the mask)."""
+    if pixels <= 0:
+        return mask
+    size = 2 * pixels + 1
+    kept = F.avg_pool2d(mask.float().unsqueeze(1), size, stride=1, padding=pixels, count_include_pad=True)
+    return (kept.squeeze(1) > 1.0 - 1e-6).to(mask.dtype)

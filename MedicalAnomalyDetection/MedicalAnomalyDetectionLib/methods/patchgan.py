@@ -87,12 +87,13 @@ def _conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
 
 
 class Reconstructor(nn.Module):
-    """Encoder-decoder with skip connections: (masked slice, hole indicator) -> reconstructed slice (channel 0) and,
-    with ``uncertainty``, the log-variance of its error (channel 1)."""
+    """Encoder-decoder with skip connections (a U-Net): its input channels, e.g. (masked slice, hole indicator) for
+    the Patch-GAN or the slice alone for the denoising autoencoder, -> reconstructed slice (channel 0) and, with
+    ``uncertainty``, the log-variance of its error (channel 1)."""
 
-    def __init__(self, widths: tuple[int, ...], uncertainty: bool = False) -> None:
+    def __init__(self, widths: tuple[int, ...], uncertainty: bool = False, in_channels: int = 2) -> None:
         super().__init__()
-        self.stem = _conv_block(2, widths[0])
+        self.stem = _conv_block(in_channels, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True), _conv_block(b, b))
             for a, b in zip(widths[:-1], widths[1:]))
@@ -100,8 +101,8 @@ class Reconstructor(nn.Module):
         self.merge = nn.ModuleList(_conv_block(2 * a, a) for a in widths[:-1])
         self.head = nn.Conv2d(widths[0], 2 if uncertainty else 1, 1)
 
-    def forward(self, masked: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-        x = self.stem(torch.cat([masked, holes], dim=1))
+    def forward(self, *channels: torch.Tensor) -> torch.Tensor:
+        x = self.stem(torch.cat(channels, dim=1))
         skips = []
         for down in self.down:
             skips.append(x)

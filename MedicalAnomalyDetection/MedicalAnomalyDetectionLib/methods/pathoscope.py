@@ -144,6 +144,9 @@ class PathoSCOPE:
 
     name: ClassVar[str] = "pathoscope"
     weights: ClassVar[tuple[str, ...]] = ("embedder", "adapter", "discriminator")
+    # Its sigmoid maps sit at a level that moves from volume to volume and scanner to scanner: thresholds only
+    # transfer in units of the volume's own spread (docs/analysis/operating_points.md).
+    map_normalisation: ClassVar[str] = "volume"
 
     def __init__(self, config: PathoSCOPEConfig, embedder: Embedder, adapter: Adapter, discriminator: Discriminator,
                  device: torch.device) -> None:
