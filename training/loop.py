@@ -1,5 +1,10 @@
 """The training loop every network-trained method shares: data order, augmentation, cosine learning rate,
-checkpoints that hold every module, optimiser, schedule and random state, and ``--resume``/``--stop-after``."""
+checkpoints that hold every module, optimiser, schedule and random state, and ``--resume``/``--stop-after``.
+
+Under ``torchrun`` the processes train one model together (data parallel): every process draws the same global batch
+and its augmentation, trains on its share (every ``size``-th slice, as ``DistributedSampler`` splits), and the
+gradients are averaged over the processes before each optimiser step, so the modules stay identical everywhere. The
+main process alone writes checkpoints and the run record."""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.augmentation import augment
+from MedicalAnomalyDetectionLib.distributed import (World, average_gradients, broadcast, broadcast_tensors, gather,
+                                                    launched_world, process_group)
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 from MedicalAnomalyDetectionLib.run_record import RunRecord
@@ -47,10 +54,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser, epochs: int = 100, learn
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     parser.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
+    parser.add_argument("--checkpoint-every", type=int, default=FitSettings.checkpoint_every, metavar="EPOCHS",
+                        help="write the checkpoint every this many epochs (and at the end)")
 
 
 def settings_from_args(args: argparse.Namespace) -> FitSettings:
-    return FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    return FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every)
 
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
@@ -80,36 +90,55 @@ def save_checkpoint(state: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet) -> str:
-    """What a checkpoint must match to be resumed: method, network, settings (but how often to save), data size."""
+def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet, world: World) -> str:
+    """What a checkpoint must match to be resumed: method, network, settings (but how often to save), data size,
+    and the number of processes (each has its own random stream)."""
     return json.dumps({"method": trainee.method, "config": trainee.config,
                        "settings": {k: v for k, v in asdict(settings).items() if k != "checkpoint_every"},
-                       "slices": int(data.slices.shape[0])}, sort_keys=True)
+                       "slices": int(data.slices.shape[0]), **({"processes": world.size} if world.size > 1 else {})},
+                      sort_keys=True)
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_name(device: torch.device, world: World = World()) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return f"{world.size} x {name}" if world.size > 1 else name
+
+
+def _share_work(trainee: Trainee, world: World) -> list:
+    """Start every process from the main one's modules, and average gradients before every optimiser step; returns
+    the hook handles (to remove when training ends)."""
+    broadcast_tensors([t for m in trainee.modules.values() for t in m.state_dict().values()], world)
+    return [optimiser.register_step_pre_hook(
+        lambda opt, args, kwargs: average_gradients([p for g in opt.param_groups for p in g["params"]], world))
+        for optimiser in trainee.optimisers.values()] if world.size > 1 else []
 
 
 def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path, device: torch.device,
-          resume: bool = False, stop_after: int | None = None, command: str = "") -> RunRecord:
+          resume: bool = False, stop_after: int | None = None, command: str = "", world: World = World()) -> RunRecord:
     """Train ``trainee`` on ``data``; checkpoints go to ``run_dir``. Returns the run record (not yet saved).
 
     ``stop_after`` ends this session after that many epochs (checkpointed), for time-limited jobs; ``resume``
-    continues the same schedule from the checkpoint (the same command is required)."""
+    continues the same schedule from the checkpoint (the same command is required). In a ``world`` of several
+    processes (in their process group), ``settings.batch_size`` is the global batch, split between them."""
     steps = data.slices.shape[0] // settings.batch_size
     if steps == 0:
         raise InputError(f"{data.slices.shape[0]} training slices are fewer than one batch of {settings.batch_size}")
+    if settings.batch_size % world.size:
+        raise InputError(f"a batch of {settings.batch_size} does not split evenly between {world.size} processes")
     run_dir.mkdir(parents=True, exist_ok=True)
     schedulers = {name: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps)
                   for name, opt in trainee.optimisers.items()}
     order_gen = torch.Generator().manual_seed(settings.seed)
     aug_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    identity = _identity(trainee, settings, data)
+    # the methods' own random draws (holes, noise) for this process's share; in one process, the augmentation's
+    step_gen = aug_gen if world.size == 1 else torch.Generator(device=device).manual_seed(
+        settings.seed + 1 + 1000 * (world.rank + 1))
+    identity = _identity(trainee, settings, data, world)
     start_epoch, seconds_before = 0, 0.0
     checkpoint_path = run_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    state = broadcast(torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+                      if world.main and resume and checkpoint_path.exists() else None, world)
+    if state is not None:
         if state["run"] != identity:
             raise InputError(f"--resume: {checkpoint_path} was made with other settings, network or data; "
                              "use the same command, or a new --run-dir")
@@ -121,8 +150,12 @@ def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path
                 item.load_state_dict(state[group][name])
         order_gen.set_state(state["order_gen"].cpu())
         aug_gen.set_state(state["aug_gen"].cpu())
+        if world.size > 1:
+            step_gen.set_state(state["step_gens"][world.rank].cpu())
         start_epoch, seconds_before = int(state["epoch"]), float(state["seconds"])
-        print(f"resuming {run_dir} at epoch {start_epoch}")
+        if world.main:
+            print(f"resuming {run_dir} at epoch {start_epoch}")
+    hooks = _share_work(trainee, world)
 
     slices = torch.from_numpy(data.slices).to(device, torch.float32).unsqueeze(1)
     masks = torch.from_numpy(data.masks).to(device, torch.float32).unsqueeze(1)
@@ -130,28 +163,37 @@ def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path
     started = time.perf_counter()
     history = []
     last_epoch = settings.epochs if stop_after is None else min(settings.epochs, start_epoch + stop_after)
-    bar = tqdm(range(start_epoch, last_epoch), initial=start_epoch, total=settings.epochs, unit="epoch")
+    bar = tqdm(range(start_epoch, last_epoch), initial=start_epoch, total=settings.epochs, unit="epoch",
+               disable=not world.main)
     for epoch in bar:
         order = torch.randperm(count, generator=order_gen).to(device)
         totals: dict[str, float] = {}
         for step in range(steps):
             chosen = order[step * settings.batch_size:(step + 1) * settings.batch_size]
             x, mask = augment(slices[chosen], masks[chosen], aug_gen)
-            for key, value in trainee.step(x, mask, aug_gen).items():
+            share = slice(world.rank, None, world.size)
+            for key, value in trainee.step(x[share], mask[share], step_gen).items():
                 totals[key] = totals.get(key, 0.0) + value / steps
             for scheduler in schedulers.values():
                 scheduler.step()
+        if world.size > 1:  # the losses of the global batch: the mean of the processes' means
+            totals = {k: sum(t[k] for t in gather(totals, world)) / world.size for k in totals}
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in totals.items()}})
         bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items()})
         if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == last_epoch:
-            save_checkpoint({"modules": {n: m.state_dict() for n, m in trainee.modules.items()},
-                             "optimisers": {n: o.state_dict() for n, o in trainee.optimisers.items()},
-                             "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-                             "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch + 1,
-                             "seconds": seconds_before + time.perf_counter() - started, "run": identity},
-                            checkpoint_path)
+            step_gens = gather(step_gen.get_state(), world) if world.size > 1 else None
+            if world.main:
+                save_checkpoint({"modules": {n: m.state_dict() for n, m in trainee.modules.items()},
+                                 "optimisers": {n: o.state_dict() for n, o in trainee.optimisers.items()},
+                                 "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                                 "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(),
+                                 **({"step_gens": step_gens} if step_gens else {}), "epoch": epoch + 1,
+                                 "seconds": seconds_before + time.perf_counter() - started, "run": identity},
+                                checkpoint_path)
+    for hook in hooks:
+        hook.remove()
     return RunRecord(method=trainee.method, config=trainee.config, settings=asdict(settings), source=data.source,
-                     data=data.describe(), seed=settings.seed, device=device_name(device),
+                     data=data.describe(), seed=settings.seed, device=device_name(device, world),
                      seconds=round(seconds_before + time.perf_counter() - started, 1), done=last_epoch,
                      planned=settings.epochs, command=command, losses=history[-5:])
 
@@ -160,6 +202,7 @@ def train_from_args(trainee_for: Callable[[FitSettings, torch.device], Trainee],
                     data: SliceSet, run_dir: Path, command: str) -> RunRecord:
     """Build a trainee from the ``fit`` options added by :func:`add_loop_arguments` and train it."""
     settings = settings_from_args(args)
-    device = choose_device(args.device)
-    return train(trainee_for(settings, device), data, settings, run_dir, device, resume=args.resume,
-                 stop_after=args.stop_after, command=command)
+    world = launched_world()
+    with process_group(world, choose_device(args.device)) as device:
+        return train(trainee_for(settings, device), data, settings, run_dir, device, resume=args.resume,
+                     stop_after=args.stop_after, command=command, world=world)

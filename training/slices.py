@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from MedicalAnomalyDetectionLib.brain_extraction import brain_mask_for
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
 from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE, eligible_slices
+from MedicalAnomalyDetectionLib.volume_io import validate_volume
 
 from .datasets import Case, CaseImages
 from .slice_set import SliceSet
@@ -16,9 +18,12 @@ from .slice_set import SliceSet
 HEALTHY_MARGIN = 1
 
 
-def prepare_case(images: CaseImages, pre: Preprocessing) -> PreparedVolume:
-    """The core preprocessing of one case's (image, brain, lesion), the lesion mask (if any) resampled alongside."""
+def prepare_case(images: CaseImages, pre: Preprocessing, masking: str = "none") -> PreparedVolume:
+    """The core preprocessing of one case's (image, brain, lesion), the lesion mask (if any) resampled alongside; a
+    case without a brain mask is masked as the detector masks it with ``masking`` ("auto" or "none")."""
     image, brain, lesion = images
+    if brain is None:
+        brain = brain_mask_for(validate_volume(image), None, masking).mask
     return prepare_volume(image, pre, brain, labels=(lesion,) if lesion is not None else ())
 
 
@@ -36,12 +41,13 @@ def healthy_slices(prepared: PreparedVolume, margin: int = HEALTHY_MARGIN,
     return eligible_slices(prepared.brain_area, min_share) & ~near_lesion
 
 
-def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: int = 1) -> SliceSet:
-    """Healthy slices (every ``every``-th of them per case) of ``cases``, preprocessed as the model card says;
-    ``source`` (dataset, split, modality, licence) is kept with them."""
+def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: int = 1,
+                   masking: str = "none") -> SliceSet:
+    """Healthy slices (every ``every``-th of them per case) of ``cases``, preprocessed as the model card says (cases
+    without a brain mask masked by ``masking``); ``source`` (dataset, split, modality, licence) is kept with them."""
     slices, masks, ids = [], [], []
     for case in cases:
-        prepared = prepare_case(case.read(), pre)
+        prepared = prepare_case(case.read(), pre, masking)
         chosen = np.flatnonzero(healthy_slices(prepared, min_share=TRAIN_MIN_BRAIN_SHARE))[::every]
         slices.append(prepared.slices[chosen].astype(np.float16))
         masks.append(prepared.mask[chosen])

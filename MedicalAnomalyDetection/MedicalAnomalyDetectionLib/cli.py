@@ -1,24 +1,25 @@
 """``mad-detect``: run a model bundle on a volume file and write the map, label map, slice scores and a report.
 
-Exit status 0 on success; on failure 1 (bad input) or 2 (usage), with a one-line reason on stderr.
+Exit status 0 on success; on failure 1 (bad input) or 2 (usage), with a one-line reason on stderr. Several inputs,
+a folder of volumes, a CSV list or ``--bids ROOT`` run as a cohort (``cohort_command``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
 from pathlib import Path
 
-import SimpleITK as sitk
-
+from . import cohort_command
 from .brain_extraction import MASKING_MODES
 from .bundle import load_bundle
 from .errors import InputError
 from .inference import detect
-from .volume_io import read_volume, write_image
+from .modality import modality_warning
+from .outputs import OutputPaths, detection_report, write_detection
+from .volume_io import read_volume
 
 OUTPUTS = ("anomaly_map.nii.gz", "anomaly_label.nii.gz", "brain_mask.nii.gz", "slice_scores.csv", "report.json")
 
@@ -32,15 +33,18 @@ def _positive_int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mad-detect", description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder")
+    parser.add_argument("input", nargs="*", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder; several, "
+                                                 "a folder of volumes or a CSV list run as a cohort")
+    parser.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")
     parser.add_argument("--model", required=True, help="bundled model name or path to a model bundle folder")
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder for the outputs (created if missing)")
+    parser.add_argument("--output-dir", type=Path, help="folder for the outputs (created if missing)")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|none|FILE",
                         help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
                              "extraction; none: the foreground mask; FILE: a brain mask on the input's grid")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threshold", type=float, help="pixel threshold (default: the model's calibrated one)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per network batch")
+    cohort_command.add_arguments(parser)
     return parser
 
 
@@ -62,9 +66,12 @@ def run(args: argparse.Namespace) -> dict:
     mask_file = args.brain_mask if args.brain_mask not in MASKING_MODES else None
     inputs = tuple(Path(p) for p in (args.input, mask_file) if p)
     bundle = load_bundle(args.model)
-    image = read_volume(args.input)
+    image = read_volume(args.input, args.series)
     mask = read_volume(mask_file) if mask_file else None
     _check_output_dir(args.output_dir, inputs)
+    warnings = [w for w in (modality_warning(Path(args.input).name, bundle.card.modality),) if w]
+    for warning in warnings:
+        logging.getLogger("mad-detect").warning(warning)
 
     def progress(fraction: float, stage: str) -> None:
         print(f"\r[{fraction:4.0%}] {stage:<32}", end="", file=sys.stderr, flush=True)
@@ -73,30 +80,23 @@ def run(args: argparse.Namespace) -> dict:
                     batch_size=args.batch_size, progress=progress,
                     masking=args.brain_mask if mask_file is None else "auto")
     print(file=sys.stderr)
-    out = args.output_dir
-    write_image(result.anomaly_map, out / "anomaly_map.nii.gz", inputs)
-    write_image(result.label_map, out / "anomaly_label.nii.gz", inputs)
-    write_image(result.brain.mask, out / "brain_mask.nii.gz", inputs)
-    with open(out / "slice_scores.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["slice_index", "score"])
-        for index, score in sorted(zip(result.slice_index.tolist(), result.slice_scores.tolist())):
-            writer.writerow([index, f"{score:.6g}"])
-    slice_threshold = bundle.card.thresholds.get("slice")
-    report = {"input": str(args.input), "model": result.model, "model_version": bundle.card.version,
-              "volume_score": result.volume_score, "slice_threshold": slice_threshold,
-              "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
-              "masking": result.brain.how, "slice_axis": result.slice_axis, "most_anomalous_slice": result.most_anomalous_slice,
-              "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
-              "device": result.device, "seconds": round(result.seconds, 3)}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = detection_report(result, bundle, args.input, warnings)
+    write_detection(result, report, OutputPaths(args.output_dir), inputs)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="mad-detect: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.input and args.bids is None:
+        parser.error("give an INPUT (or several, a folder of volumes, a CSV list) or --bids ROOT")
     try:
+        if cohort_command.wanted(args):
+            return cohort_command.main(args)
+        if args.output_dir is None:
+            parser.error("the following arguments are required: --output-dir")
+        args.input = args.input[0]
         report = run(args)
     except InputError as error:
         print(f"\nmad-detect: error: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@ slice scores and a volume score, all on the input's grid."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,10 +17,11 @@ from .errors import InputError
 from .methods import AnomalyMethod, build_method
 from .methods.runtime import choose_device
 from .pipeline import score_volume
-from .preprocessing import prepare_volume, to_input_grid
+from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from .volume_io import validate_volume
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Detection:
@@ -65,6 +67,59 @@ def label_from_map(anomaly_map: sitk.Image, threshold: float) -> sitk.Image:
     return label
 
 
+@dataclass
+class StagedVolume:
+    """A volume made ready for scoring (validated, brain mask found, model-plane slices): the part of :func:`detect`
+    that needs no network, so a cohort can prepare the next volume while the current one is scored."""
+
+    prepared: PreparedVolume
+    brain: BrainMask
+    device: torch.device  # where the brain extraction ran and the method is to run
+    seconds: float
+
+
+def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = None,
+                 device: torch.device = torch.device("cpu"), masking: str = "auto",
+                 progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> StagedVolume:
+    """Validate ``image``, find its brain mask (as :func:`detect` says) and prepare it as ``bundle``'s card says."""
+    started = time.perf_counter()
+    report = sub_progress(progress, 0.0, 1.0)
+    image = validate_volume(image)
+    report(0.0, "finding the brain")
+    brain = brain_mask_for(image, brain_mask, masking, device)
+    check_cancel(cancel)
+    report(0.5, "preparing volume")
+    prepared = prepare_volume(image, bundle.card.preprocessing, brain.mask)
+    return StagedVolume(prepared=prepared, brain=brain, device=device, seconds=time.perf_counter() - started)
+
+
+def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int = 16,
+                 progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
+    """Score a staged volume with ``method`` and put the map back on the input grid; ``seconds`` counts staging too."""
+    started = time.perf_counter()
+    report = sub_progress(progress, 0.0, 1.0)
+    scores = score_volume(method, staged.prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel,
+                          bundle.card.map_normalisation)
+    report(0.9, "resampling to the input grid")
+    anomaly_map = to_input_grid(scores.maps, staged.prepared)
+    check_cancel(cancel)
+    report(1.0, "done")
+    return Detection(anomaly_map=anomaly_map, label_map=label_from_map(anomaly_map, threshold),
+                     slice_scores=scores.slice_scores, slice_index=staged.prepared.slice_index,
+                     slice_axis=staged.prepared.slice_axis, slice_eligible=scores.eligible,
+                     volume_score=scores.volume_score, brain=staged.brain, threshold=threshold,
+                     model=bundle.card.name, device=str(staged.device),
+                     seconds=staged.seconds + time.perf_counter() - started)
+
+
+def pixel_threshold(bundle: Bundle, threshold: float | None = None) -> float:
+    """``threshold``, or the card's calibrated pixel threshold; an InputError when neither is a positive number."""
+    threshold = bundle.card.thresholds.get("pixel") if threshold is None else threshold
+    if threshold is None:
+        raise InputError(f"model {bundle.card.name} has no calibrated threshold; pass one")
+    return check_threshold(threshold)
+
+
 def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = None, device: str = "auto",
            threshold: float | None = None, batch_size: int = 16, progress: ProgressCallback | None = None,
            cancel: CancelCallback | None = None, method: AnomalyMethod | None = None,
@@ -74,32 +129,29 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     Without ``brain_mask``, ``masking`` "auto" extracts the brain of a skull-on input (see ``brain_extraction``)
     and "none" uses the foreground. ``threshold`` defaults to the card's calibrated pixel threshold. ``progress(fraction, stage)`` is called as work
     advances; when ``cancel()`` returns True the run stops with :class:`~.progress.Cancelled`. Pass ``method`` to
-    reuse an already built method (e.g. across many volumes).
+    reuse an already built method (e.g. across many volumes). When the GPU runs out of memory while scoring, the
+    volume is scored again on the CPU, with a logged warning and ``device`` saying so.
     """
-    started = time.perf_counter()
-    report = sub_progress(progress, 0.0, 1.0)
-    threshold = bundle.card.thresholds.get("pixel") if threshold is None else threshold
-    if threshold is None:
-        raise InputError(f"model {bundle.card.name} has no calibrated threshold; pass one")
-    threshold = check_threshold(threshold)
-    run_device = choose_device(device) if method is None else getattr(method, "device", torch.device("cpu"))
-    image = validate_volume(image)
-    report(0.0, "finding the brain")
-    brain = brain_mask_for(image, brain_mask, masking, run_device)
-    check_cancel(cancel)
-    report(0.05, "preparing volume")
-    prepared = prepare_volume(image, bundle.card.preprocessing, brain.mask)
+    threshold = pixel_threshold(bundle, threshold)
+    run_device = choose_device(device) if method is None else method_device(method)
+    staged = stage_volume(image, bundle, brain_mask, run_device, masking, sub_progress(progress, 0.0, 0.1), cancel)
     if method is None:
-        report(0.08, "loading model")
+        if progress is not None:
+            progress(0.08, "loading model")
         method = build_method(bundle, run_device)
-    scores = score_volume(method, prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel,
-                          bundle.card.map_normalisation)
-    report(0.9, "resampling to the input grid")
-    anomaly_map = to_input_grid(scores.maps, prepared)
-    check_cancel(cancel)
-    report(1.0, "done")
-    return Detection(anomaly_map=anomaly_map, label_map=label_from_map(anomaly_map, threshold),
-                     slice_scores=scores.slice_scores, slice_index=prepared.slice_index,
-                     slice_axis=prepared.slice_axis, slice_eligible=scores.eligible,
-                     volume_score=scores.volume_score, brain=brain, threshold=threshold, model=bundle.card.name,
-                     device=str(run_device), seconds=time.perf_counter() - started)
+    try:
+        return score_staged(staged, bundle, method, threshold, batch_size, progress, cancel)
+    except torch.cuda.OutOfMemoryError:
+        if run_device.type != "cuda":
+            raise
+    log.warning("the GPU ran out of memory; scoring again on the CPU")
+    torch.cuda.empty_cache()
+    detection = score_staged(staged, bundle, build_method(bundle, torch.device("cpu")), threshold, batch_size,
+                             progress, cancel)
+    detection.device = "cpu (the GPU ran out of memory)"
+    return detection
+
+
+def method_device(method: AnomalyMethod) -> torch.device:
+    """Where a built method runs (the CPU for methods that keep no device)."""
+    return getattr(method, "device", torch.device("cpu"))

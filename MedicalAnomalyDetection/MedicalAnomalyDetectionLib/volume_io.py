@@ -1,14 +1,18 @@
-"""Reading and checking volumes: every path into the core goes through :func:`validate_volume`."""
+"""Reading, checking and writing volumes: every path into the core goes through :func:`validate_volume`, and
+:func:`write_outputs` writes a run's files so that none appears under its final name before all are written."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .file_checks import check_volume_file
 
 log = logging.getLogger(__name__)
 
@@ -18,36 +22,86 @@ MIN_INPLANE_VOXELS = 16
 # A volume whose voxels (a sample of about LABEL_SAMPLE of them) take at most this many integer values is a label map.
 MAX_LABEL_VALUES = 8
 LABEL_SAMPLE = 200_000
+FLOAT32_EXACT = 2.0 ** 24  # every integer up to this magnitude is exact in float32
 
 
-def read_volume(path: str | Path) -> sitk.Image:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a float32 SimpleITK image (not yet validated)."""
+def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a SimpleITK image (not yet validated).
+
+    A folder holding several DICOM series needs ``series`` (a SeriesInstanceUID; the error lists them). Files whose
+    voxel data end early or whose header spacing is not positive are refused (``file_checks``), and so are DICOM
+    series whose slices are not evenly spaced (a missing slice)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"input not found: {path}")
+    if series is not None and not path.is_dir():
+        raise InputError(f"a DICOM series was named ({series}) but {path} is a file, not a DICOM folder")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"no DICOM series in folder: {path}")
-            if len(series) > 1:
-                log.warning("%s holds %d DICOM series; reading the first (%s)", path, len(series), series[0])
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
+            reader.SetFileNames(_dicom_series_files(path, series))
+            return reader.Execute()
+        check_volume_file(path)
+        return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise InputError(f"cannot read {path}: {last_line}") from None
-    return image
+        raise InputError(f"cannot read {path}: {_last_line(error)}") from None
+
+
+def _dicom_series_files(folder: Path, series: str | None) -> list[str]:
+    """The files of the chosen (or only) DICOM series in ``folder``, in slice order, checked for even spacing."""
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise InputError(f"no DICOM series in folder: {folder}")
+    if series is None and len(uids) > 1:
+        listed = "; ".join(f"{uid} ({_series_description(folder, uid)})" for uid in uids)
+        raise InputError(f"{folder} holds {len(uids)} DICOM series; choose one by its UID "
+                         f"(mad-detect --series UID): {listed}")
+    if series is not None and series not in uids:
+        raise InputError(f"DICOM series {series} is not in {folder} (it holds {', '.join(uids)})")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or uids[0]))
+    _check_slice_positions(files, folder)
+    return files
+
+
+def _header(file: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _series_description(folder: Path, uid: str) -> str:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    header = _header(files[0])
+    description = header.GetMetaData("0008|103e").strip() if header.HasMetaDataKey("0008|103e") else "no description"
+    return f"{description}, {len(files)} files"
+
+
+def _check_slice_positions(files: list[str], folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal (a slice missing, or two at one place),
+    which SimpleITK would read as a volume with one spacing and everything past the gap misplaced."""
+    if len(files) < 3:
+        return
+    headers = [_header(file) for file in files]
+    if not all(h.HasMetaDataKey("0020|0032") and h.HasMetaDataKey("0020|0037") for h in headers):
+        return
+    cosines = np.array([float(v) for v in headers[0].GetMetaData("0020|0037").split("\\")]).reshape(2, 3)
+    normal = np.cross(cosines[0], cosines[1])
+    positions = np.sort([normal @ np.array([float(v) for v in h.GetMetaData("0020|0032").split("\\")])
+                         for h in headers])
+    gaps = np.diff(positions)
+    if gaps.min() < 1e-3 or gaps.max() - gaps.min() > max(0.01, 0.01 * float(np.median(gaps))):
+        raise InputError(f"DICOM series in {folder} has unevenly spaced slices (gaps from {gaps.min():.3g} to "
+                         f"{gaps.max():.3g} mm): a slice is missing or duplicated; export the complete series")
 
 
 def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     """Return a float32 3D scalar copy of ``image`` or raise :class:`InputError` saying what is wrong.
 
     A trailing singleton fourth axis is squeezed (with a log message); 2D, 4D and vector images, empty, constant,
-    NaN/Inf-holding volumes and absurd spacings are refused. The caller's image is never modified.
+    NaN/Inf-holding volumes, absurd spacings and direction matrices that are not orthonormal are refused. Voxels
+    beyond float32's exact integer range are shifted by the volume's minimum first (see :func:`_as_float32`). The
+    caller's image is never modified.
     """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -66,10 +120,14 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     if any(not np.isfinite(s) or s < MIN_SPACING_MM or s > MAX_SPACING_MM for s in spacing):
         raise InputError(f"{name} has absurd voxel spacing {tuple(round(s, 4) for s in spacing)} mm "
                          f"(allowed {MIN_SPACING_MM}-{MAX_SPACING_MM} mm)")
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        raise InputError(f"{name} has a direction matrix whose axes are not perpendicular unit vectors "
+                         f"({tuple(round(v, 3) for v in direction.ravel())}); resample it onto an orthogonal grid")
     if sorted(size)[1] < MIN_INPLANE_VOXELS:
         raise InputError(f"{name} is too small for the model (size {size}; at least {MIN_INPLANE_VOXELS} voxels "
                          "along two axes are needed)")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    image = _as_float32(image, name)
     array = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(array)
     if not finite.any():
@@ -84,6 +142,31 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
         raise InputError(f"{name} looks like a label map or mask (only the values "
                          f"{', '.join(f'{v:g}' for v in values)}), not an MRI volume")
     return image
+
+
+def _as_float32(image: sitk.Image, name: str) -> sitk.Image:
+    """A float32 copy of ``image``. Values beyond float32's exact integer range (2^24, e.g. int32 voxels near 2^31)
+    would lose their texture in the cast, so such volumes are shifted by their minimum first, exactly (in 64-bit
+    integers, or float64, slice by slice): intensity normalisation ignores a shift. Finite values still beyond
+    float32's range are refused."""
+    extremes = sitk.MinimumMaximumImageFilter()
+    extremes.Execute(image)
+    low, high = extremes.GetMinimum(), extremes.GetMaximum()
+    if image.GetPixelID() == sitk.sitkFloat32 or not (np.isfinite(low) and np.isfinite(high)) \
+            or max(abs(low), abs(high)) <= FLOAT32_EXACT:
+        return sitk.Cast(image, sitk.sitkFloat32)
+    if high - low > float(np.finfo(np.float32).max):
+        raise InputError(f"{name} holds values from {low:g} to {high:g}, beyond what float32 can hold")
+    source = sitk.GetArrayViewFromImage(image)
+    wide = {"u": np.uint64, "i": np.int64}.get(source.dtype.kind, np.float64)
+    minimum = wide(source.min())
+    shifted = np.empty(source.shape, np.float32)
+    for k in range(source.shape[0]):
+        shifted[k] = source[k].astype(wide) - minimum
+    log.info("%s: values %g to %g shifted by their minimum to keep float32 precision", name, low, high)
+    result = sitk.GetImageFromArray(shifted)
+    result.CopyInformation(image)
+    return result
 
 
 def validate_mask(mask: sitk.Image, reference: sitk.Image, name: str = "brain mask",
@@ -108,9 +191,35 @@ def validate_mask(mask: sitk.Image, reference: sitk.Image, name: str = "brain ma
     return binary
 
 
-def write_image(image: sitk.Image, path: Path, inputs: tuple[Path, ...] = ()) -> None:
-    """Write ``image`` compressed, refusing to overwrite any of ``inputs``."""
-    path = Path(path)
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise InputError(f"refusing to overwrite an input: {path}")
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write ``image`` compressed (NIfTI when ``path`` ends in .nii.gz)."""
     sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_outputs(folder: Path, writers: dict[str, Callable[[Path], None]], inputs: tuple[Path, ...] = ()) -> None:
+    """Write each output ``name`` into ``folder`` through ``writers[name](path)``: all first under hidden temporary
+    names (same suffix, so a writer picks the same format), then renamed in the given order. A failure (a full disk,
+    a vanished folder) removes the temporaries and raises an InputError: no half-written file is left, and no file
+    of this run appears under its final name. Overwriting any of ``inputs`` is refused before anything is written."""
+    folder = Path(folder)
+    for name in writers:
+        if any((folder / name).resolve() == Path(p).resolve() for p in inputs):
+            raise InputError(f"refusing to overwrite an input: {folder / name}")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            staged.append((folder / f".partial-{os.getpid()}-{name}", folder / name))
+            write(staged[-1][0])
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    except (OSError, RuntimeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else _last_line(error)
+        raise InputError(f"cannot write the outputs to {folder}: {reason}; no output of this run was kept") from None
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+
+
+def _last_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__

@@ -30,10 +30,16 @@ def imageFromVolume(node: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
     if node.GetImageData().GetNumberOfScalarComponents() != 1:
         raise InputError(f"volume {node.GetName()} has {node.GetImageData().GetNumberOfScalarComponents()} "
                          "components per voxel; a scalar (single-channel) volume is needed")
+    spacing = tuple(float(s) for s in node.GetSpacing())
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"volume {node.GetName()} has voxel spacing {spacing} mm; a spacing must be a positive number")
     image = sitk.GetImageFromArray(np.array(slicer.util.arrayFromVolume(node), copy=True))
-    image.SetSpacing(tuple(float(s) for s in node.GetSpacing()))
+    image.SetSpacing(spacing)
     image.SetOrigin(tuple(float(v) for v in LPS_FROM_RAS @ np.array(node.GetOrigin())))
-    image.SetDirection(tuple(float(v) for v in (LPS_FROM_RAS @ ijkToRASDirections(node)).ravel()))
+    try:
+        image.SetDirection(tuple(float(v) for v in (LPS_FROM_RAS @ ijkToRASDirections(node)).ravel()))
+    except RuntimeError:  # SimpleITK refuses a singular direction matrix
+        raise InputError(f"volume {node.GetName()} has a degenerate direction matrix (two axes coincide)") from None
     return image
 
 

@@ -26,6 +26,7 @@ from MedicalAnomalyDetectionLib.inference import Detection, detect, label_from_m
 from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback
 
 from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
+from .display import showHeatMap, showLabelMap
 from .modality import modalityWarning
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ REFERENCE_ROLES = {"map": "MedicalAnomalyDetection.anomalyMap", "label": "Medica
                    "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart",
                    "brain": "MedicalAnomalyDetection.brainMask"}
 SLICE_AXIS_ATTRIBUTE = "MedicalAnomalyDetection.sliceAxis"
-HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
 
 
@@ -206,8 +206,12 @@ class MedicalAnomalyDetectionLogic:
               outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
               outputTable: slicer.vtkMRMLTableNode | None = None) -> DetectionOutputs:
         """Write ``detection`` into (reused or new) output nodes beside the input; main thread only. An output that
-        is the input volume or the brain mask is refused before anything is written."""
+        is the input volume or the brain mask is refused before anything is written, and so is a run whose input
+        volume was removed from the scene meanwhile."""
         inputVolume = job.inputVolume
+        if inputVolume.GetScene() is None:
+            raise InputError(f"input volume {inputVolume.GetName()} was removed from the scene during the run; "
+                             "nothing was written")
         for given in (outputMap, outputLabel, outputTable):
             if given is not None and given in (inputVolume, job.maskNode):
                 raise InputError(f"output {given.GetName()} is an input of this run; choose or create another node")
@@ -221,15 +225,15 @@ class MedicalAnomalyDetectionLogic:
 
         updateVolumeFromImage(anomalyMap, detection.anomaly_map, inputVolume)
         updateVolumeFromImage(anomalyLabel, detection.label_map, inputVolume)
-        self._showMap(anomalyMap, detection.threshold)
-        anomalyLabel.CreateDefaultDisplayNodes()
+        showHeatMap(anomalyMap, detection.threshold)
+        showLabelMap(anomalyLabel)
         labelArray = sitk.GetArrayViewFromImage(detection.label_map)
         order = np.argsort(detection.slice_index, kind="stable")
         self._writeTable(table, detection.slice_index[order], detection.slice_scores[order],
                          _voxelsPerSlice(labelArray, detection.slice_axis, detection.slice_index[order]))
         table.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(detection.slice_axis))
         self._plot(chart, table, name)
-        brainMask = job.maskNode
+        brainMask = job.maskNode if job.maskNode is not None and job.maskNode.GetScene() is not None else None
         if brainMask is None:
             brainMask = self._brainSegmentation(inputVolume, detection.brain.mask, f"{name} brain")
         self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart, brainMask))
@@ -261,7 +265,7 @@ class MedicalAnomalyDetectionLogic:
             slices = slicer.util.arrayFromTableColumn(table, SLICE_COLUMN).astype(int)
             self._writeTable(table, slices, slicer.util.arrayFromTableColumn(table, SCORE_COLUMN).copy(),
                              _voxelsPerSlice(labelArray, outputs.sliceAxis, slices))
-        self._showMap(outputs.anomalyMap, threshold)
+        showHeatMap(outputs.anomalyMap, threshold)
         outputs.threshold = float(threshold)
         outputs.anomalousVoxels = int(labelArray.sum())
         return outputs
@@ -308,20 +312,6 @@ class MedicalAnomalyDetectionLogic:
         segmentation.CreateDefaultDisplayNodes()
         segmentation.GetDisplayNode().SetOpacity2DFill(0.0)  # outline only: the heat map stays readable
         return segmentation
-
-    @staticmethod
-    def _showMap(anomalyMap: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
-        """Heat colours from 0 to twice the threshold; values under half the threshold drawn transparent."""
-        anomalyMap.CreateDefaultDisplayNodes()
-        display = anomalyMap.GetDisplayNode()
-        if anomalyMap.GetScene().GetNodeByID(HEAT_COLOR_NODE_ID) is not None:
-            display.SetAndObserveColorNodeID(HEAT_COLOR_NODE_ID)
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, 2.0 * threshold)
-        display.AutoThresholdOff()
-        highest = float(anomalyMap.GetImageData().GetScalarRange()[1])
-        display.SetThreshold(0.5 * threshold, max(2.0 * threshold, highest))
-        display.ApplyThresholdOn()
 
     @staticmethod
     def _writeTable(table: slicer.vtkMRMLTableNode, slices: np.ndarray, scores: np.ndarray,

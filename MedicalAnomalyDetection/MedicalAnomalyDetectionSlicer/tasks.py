@@ -57,7 +57,8 @@ class TaskRunner:
 
     def start(self, name: str, job: Job, onResult: Callable[[Any, Any], None], status: str = "") -> bool:
         """Start ``job`` as task ``name``; ``onResult(job, result)`` runs on the main thread (from :meth:`poll`) if it
-        finishes with a result. Refused (False) while another task runs."""
+        finishes with a result (an InputError it raises is shown like a failed job's). Refused (False) while another
+        task runs."""
         if self.running is not None:
             return False
         worker = Worker(job)
@@ -115,5 +116,8 @@ class TaskRunner:
             view.statusLabel.text = ""
             self.showError(f"{view.idleText} failed: {worker.error}", details)
         else:
-            running.onResult(worker.job, worker.result)
+            try:
+                running.onResult(worker.job, worker.result)
+            except InputError as error:  # e.g. the input volume was deleted while the job ran
+                self.showError(str(error), None)
         return True

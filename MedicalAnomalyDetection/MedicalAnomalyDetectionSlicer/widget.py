@@ -21,6 +21,7 @@ from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
 from . import resourcePath
 from .dependencies import ensureDeepbet
+from .display import showInSliceViews
 from .choices import parseSliceRange, startingThreshold, thresholdSliderRange
 from .logic import DetectionJob, DetectionOutputs, MedicalAnomalyDetectionLogic
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
@@ -199,8 +200,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             self._parameterNode.outputMap = outputs.anomalyMap
             self._parameterNode.outputLabel = outputs.anomalyLabel
             self._parameterNode.outputTable = outputs.sliceTable
-        slicer.util.setSliceViewerLayers(background=outputs.inputVolume, foreground=outputs.anomalyMap,
-                                         foregroundOpacity=0.5, label=outputs.anomalyLabel, fit=False)
+        showInSliceViews(slicer.mrmlScene, outputs.inputVolume, outputs.anomalyMap, outputs.anomalyLabel)
         self._fillResults(outputs)
         self.ui.resultsCollapsibleButton.collapsed = False
 

@@ -13,11 +13,11 @@ from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids  # noqa:
 
 from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
 from MedicalAnomalyDetectionLib.inference import detect  # noqa: E402
+from MedicalAnomalyDetectionLib.modality import described_modalities  # noqa: E402
 from MedicalAnomalyDetectionLib.progress import Cancelled
 from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume, maskFromNode  # noqa: E402
 from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
                                                  SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)
-from MedicalAnomalyDetectionSlicer.modality import describedModalities  # noqa: E402
 from MedicalAnomalyDetectionSlicer.worker import Worker  # noqa: E402
 
 # An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
@@ -249,10 +249,10 @@ def test_modality_mismatch_is_a_warning(scene, intensity_bundle, name, warned):
 
 
 def test_described_modalities():
-    assert describedModalities("3: AX T1 POST") == {"t1"}
-    assert describedModalities("t1ce") == {"t1"}
-    assert describedModalities("T10 brain") == set()
-    assert describedModalities("sag 3D FLAIR") == {"flair"}
+    assert described_modalities("3: AX T1 POST") == {"t1"}
+    assert described_modalities("t1ce") == {"t1"}
+    assert described_modalities("T10 brain") == set()
+    assert described_modalities("sag 3D FLAIR") == {"flair"}
 
 
 def test_slice_centre_ras(scene, volume):

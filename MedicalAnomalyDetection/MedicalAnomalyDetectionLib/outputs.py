@@ -1,0 +1,91 @@
+"""The files ``mad-detect`` writes for one volume and its report. They are written through
+:func:`~.volume_io.write_outputs` (temporary names, then renamed) with the report last, and an earlier report is
+removed first: a report on disk means the outputs beside it are complete, so a cohort can skip that volume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .bundle import Bundle
+from .errors import InputError
+from .inference import Detection
+from .volume_io import write_image, write_outputs
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one volume's outputs go: one folder and the file names in it."""
+
+    folder: Path
+    anomaly_map: str = "anomaly_map.nii.gz"
+    label_map: str = "anomaly_label.nii.gz"
+    brain_mask: str = "brain_mask.nii.gz"
+    slice_scores: str = "slice_scores.csv"  # .csv or .tsv: slice_index, score
+    report: str = "report.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.folder / self.report
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        names = (self.anomaly_map, self.label_map, self.brain_mask, self.slice_scores, self.report)
+        return tuple(self.folder / name for name in names)
+
+
+def detection_report(result: Detection, bundle: Bundle, source: Path | str, warnings: list[str],
+                     extra: dict | None = None) -> dict:
+    """What ``report.json`` says about one run (``extra`` fields appended)."""
+    slice_threshold = bundle.card.thresholds.get("slice")
+    return {"input": str(source), "model": result.model, "model_version": bundle.card.version,
+            "volume_score": result.volume_score, "slice_threshold": slice_threshold,
+            "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
+            "masking": result.brain.how, "slice_axis": result.slice_axis,
+            "most_anomalous_slice": result.most_anomalous_slice,
+            "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
+            "device": result.device, "seconds": round(result.seconds, 3), "warnings": warnings, **(extra or {})}
+
+
+def _write_slice_scores(result: Detection, path: Path, delimiter: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(["slice_index", "score"])
+        for index, score in sorted(zip(result.slice_index.tolist(), result.slice_scores.tolist())):
+            writer.writerow([index, f"{score:.6g}"])
+
+
+def write_detection(result: Detection, report: dict, paths: OutputPaths, inputs: tuple[Path, ...] = ()) -> None:
+    """Write the map, label map, brain mask, slice scores and ``report`` of one run (the folder is created)."""
+    try:
+        paths.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"output folder is not writable: {paths.folder} ({error.strerror})") from None
+    paths.report_path.unlink(missing_ok=True)
+    delimiter = "\t" if paths.slice_scores.endswith(".tsv") else ","
+    write_outputs(paths.folder, {
+        paths.anomaly_map: lambda path: write_image(result.anomaly_map, path),
+        paths.label_map: lambda path: write_image(result.label_map, path),
+        paths.brain_mask: lambda path: write_image(result.brain.mask, path),
+        paths.slice_scores: lambda path: _write_slice_scores(result, path, delimiter),
+        paths.report: lambda path: path.write_text(json.dumps(report, indent=2) + "\n")}, inputs)
+
+
+def finished_report(paths: OutputPaths, model: str, source: Path) -> dict | None:
+    """The report of complete earlier outputs of ``model`` for ``source``, or None when there are none (or they are
+    incomplete or unreadable). Outputs of another model or input there are an InputError: nothing is overwritten
+    silently."""
+    try:
+        report = json.loads(paths.report_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(report, dict) or "volume_score" not in report:
+        return None
+    if report.get("model") != model or Path(str(report.get("input", ""))).resolve() != Path(source).resolve():
+        raise InputError(f"{paths.report_path} holds outputs of model {report.get('model')} for "
+                         f"{report.get('input')}; pass --overwrite or another output folder")
+    return report if all(path.is_file() for path in paths.files) else None
