@@ -18,21 +18,32 @@ from .recipes import recipe, recipe_names
 def cmd_prepare(args: argparse.Namespace) -> None:
     from MedicalAnomalyDetectionLib.card import Preprocessing
 
+    from .cohorts import bids_cases, listed_cases
     from .datasets import dataset_info, load_cases
     from .slices import gather_healthy
 
     pre = Preprocessing(plane=args.plane, size=_size(args.size), spacing_mm=args.spacing,
                         normalisation=args.normalisation)
-    info = dataset_info(args.dataset)
-    cases = load_cases(args.dataset, args.split, args.modality)
-    source = {"dataset": info["name"], "split": args.split, "modality": args.modality, "licence": info["licence"],
-              "cases": len(cases)}
-    data = gather_healthy(cases, pre, source, every=args.every)
+    if args.dataset is not None:
+        info = dataset_info(args.dataset)
+        cases = load_cases(args.dataset, args.split, args.modality)
+        name, split, licence = info["name"], args.split, info["licence"]
+    elif args.bids is not None:
+        cases, description = bids_cases(args.bids, args.modality, args.suffix, tuple(args.subject),
+                                        tuple(args.session))
+        name, split, licence = cases[0].dataset, "all", args.licence or description.get("License", "not stated")
+    else:
+        cases = listed_cases(args.volumes)
+        name, split, licence = cases[0].dataset, "all", args.licence or "not stated"
+    source = {"dataset": name, "split": split, "modality": args.modality, "licence": licence, "cases": len(cases)}
+    data = gather_healthy(cases, pre, source, every=args.every, masking=args.brain_mask)
     data.save(args.out)
-    print(f"{args.out}: {len(data.slices)} healthy slices from {len(cases)} cases of {info['name']} {args.split}")
+    print(f"{args.out}: {len(data.slices)} healthy slices from {len(cases)} cases of {name} {split}")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from MedicalAnomalyDetectionLib.distributed import launched_world
+
     from .slice_set import SliceSet
 
     method = recipe(args.method)
@@ -41,8 +52,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     data = SliceSet.load(args.data) if method.needs_data else None
     args.run_dir.mkdir(parents=True, exist_ok=True)
     record = method.fit(args, data, args.run_dir, args.command_line)
-    record.save(args.run_dir)
-    print(f"{args.run_dir}: {record.method}, {record.done}/{record.planned} on {record.data}, {record.seconds} s")
+    if launched_world().main:  # under torchrun, one process writes the record
+        record.save(args.run_dir)
+        print(f"{args.run_dir}: {record.method}, {record.done}/{record.planned} on {record.data}, {record.seconds} s")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -50,6 +62,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     export_run(args.run, args.name, args.out, args.command_line)
     print(f"{args.out}: bundle {args.name} written")
+
+
+def cmd_configure(args: argparse.Namespace) -> None:
+    from .configure import configure, parse_settings
+
+    folder = configure(args.model, parse_settings(args.set), args.out, args.command_line)
+    print(f"{folder}: inference settings changed; calibrate and evaluate it again")
 
 
 def _load_for_scoring(args: argparse.Namespace, ablation: str | None = None):
@@ -111,9 +130,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.record:  # a result measured elsewhere (e.g. on a GPU machine) by this same command
         result = json.loads(args.record.read_text())
     else:
-        from .bench import run_benchmark
+        import tempfile
+
+        from .bench import cohort_memory, cohort_throughput, run_benchmark
 
         result = run_benchmark(args.model, args.device, args.repeats)
+        with tempfile.TemporaryDirectory() as folder:
+            if args.cohort:
+                result["cohort"] = cohort_throughput(args.model, args.device, args.cohort, Path(folder) / "cohort")
+            if args.memory_after:
+                result["cohort_memory"] = cohort_memory(args.model, args.device, args.memory_after,
+                                                        Path(folder) / "memory")
+        result["command"] = args.command_line
     print(json.dumps(result, indent=2))
     if args.update_card:
         from MedicalAnomalyDetectionLib.bundle import load_bundle, write_card
@@ -145,7 +173,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards,
-            args.command_line)
+            args.command_line, args.reports)
     print(f"{args.out}: comparison.md, comparison.json and figures written")
 
 
@@ -214,9 +242,21 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="cache a split's healthy slices (core preprocessing) as .npz")
-    p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--split", default="train")
+    p = sub.add_parser("prepare", help="cache a healthy cohort's healthy slices (core preprocessing) as .npz")
+    cohort = p.add_mutually_exclusive_group(required=True)
+    cohort.add_argument("--dataset", type=Path, help="a dataset in the layout of ../shared/data (with --split)")
+    cohort.add_argument("--bids", type=Path, metavar="ROOT",
+                        help="a BIDS dataset (with --suffix, --subject, --session)")
+    cohort.add_argument("--volumes", type=Path, metavar="FOLDER|CSV",
+                        help="a folder of volume files, or a CSV list: input[,brain_mask] per row")
+    p.add_argument("--split", default="train", help="--dataset: which split")
+    p.add_argument("--suffix", help="--bids: the images' suffix (default: the modality's, e.g. FLAIR)")
+    p.add_argument("--subject", nargs="+", default=[], help="--bids: these subjects only")
+    p.add_argument("--session", nargs="+", default=[], help="--bids: these sessions only")
+    p.add_argument("--brain-mask", default="auto", choices=("auto", "none"),
+                   help="volumes without a brain mask are masked as mad-detect masks them (default auto)")
+    p.add_argument("--licence", help="the cohort's licence, for the model card (default: BIDS License, else "
+                                     "'not stated')")
     p.add_argument("--modality", required=True)
     p.add_argument("--normalisation", default="percentile", choices=("percentile", "zscore"))
     p.add_argument("--every", type=int, default=1, help="keep every n-th healthy slice of each case")
@@ -225,6 +265,13 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     _add_fit_parser(sub, method)
+
+    p = sub.add_parser("configure", help="change a bundle's inference settings (same weights, new version)")
+    p.add_argument("--model", required=True, help="bundle name or folder")
+    p.add_argument("--set", action="append", required=True, metavar="KEY=VALUE",
+                   help="a card hyper-parameter and its new (JSON) value; repeatable")
+    p.add_argument("--out", type=Path, help="write a new bundle there (default: change the bundle in place)")
+    p.set_defaults(func=cmd_configure)
 
     p = sub.add_parser("export", help="write a model bundle (weights + card) from a run folder of `fit`")
     p.add_argument("--run", type=Path, required=True, help="run folder of `fit`")
@@ -258,6 +305,10 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--update-card", action="store_true")
     p.add_argument("--record", type=Path, help="store this saved bench JSON in the card instead of measuring")
+    p.add_argument("--cohort", type=int, metavar="N", help="also volumes/min of one mad-detect for N volumes "
+                                                            "against one mad-detect per volume")
+    p.add_argument("--memory-after", type=int, nargs="+", metavar="N",
+                   help="also the memory of one cohort run after these many volumes (e.g. 1 10 50)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("render", help="picture of a mad-detect result (slices, heat map, outlines) as PNG")
@@ -274,6 +325,7 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--update-cards", action="store_true", help="store each model's metrics in its card")
+    p.add_argument("--reports", type=Path, help="also write each model's per-case report under this folder")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("backbone", help="self-supervised (SimCLR) ResNet18 trunk on healthy slices, for PathoSCOPE")

@@ -12,7 +12,7 @@ from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
 from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
 
 from .datasets import load_cases
-from .evaluation import metrics_key, score_split, summarise
+from .evaluation import metrics_key, score_split, summarise, write_report
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
@@ -21,16 +21,26 @@ TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"),
 def _variants(bundle: Bundle) -> list[tuple[str, str | None, Bundle]]:
     """(row name, ablation, bundle): the bundle as carded, then each ablation variant its method declares (the
     Patch-GAN's "ranking off" is the paper's Table 2)."""
-    ablations = method_class(bundle.card.method).ablations
-    return [(bundle.card.name, None, bundle)] + [(f"{bundle.card.name} ({name})", name, with_overrides(bundle, change))
-                                                 for name, change in ablations.items()]
+    variants = [(bundle.card.name, None, bundle)]
+    for name, change in method_class(bundle.card.method).ablations.items():
+        variant = with_overrides(bundle, change)
+        if _settings(variant) != _settings(bundle):  # an ablation of something the model has
+            variants.append((f"{bundle.card.name} ({name})", name, variant))
+    return variants
+
+
+def _settings(bundle: Bundle) -> object:
+    """What a bundle's method is set to: its built config where it has one (defaults filled in), else its card's."""
+    config = getattr(build_method(bundle, torch.device("cpu")), "config", None)
+    return config if config is not None else bundle.card.hyperparameters
 
 
 def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, device: torch.device,
-            update_cards: bool = False, command: str = "") -> dict:
+            update_cards: bool = False, command: str = "", reports: Path | None = None) -> dict:
     """Evaluate each model (and its no-ranking variant) on each dataset's test split; write comparison.json,
     comparison.md, and per dataset roc_<dataset>.png and scores_<dataset>.png. With ``update_cards`` each model's
-    metrics go into its card, with ``command`` (the command line that made them)."""
+    metrics go into its card, with ``command`` (the command line that made them); with ``reports`` each model's
+    per-case report (``evaluate``'s) goes to ``reports/<model>[-<ablation>]/<dataset>``."""
     out.mkdir(parents=True, exist_ok=True)
     bundles = [load_bundle(model) for model in models]
     results: dict[str, dict[str, dict]] = {}
@@ -43,6 +53,10 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
                 summary = summarise(scores, variant.card.thresholds.get("pixel"))
                 results.setdefault(name, {})[dataset] = summary
                 curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))
+                if reports is not None:
+                    folder = reports / (bundle.card.name + (f"-{ablation.replace(' ', '-')}" if ablation else ""))
+                    write_report(scores, {**summary, "command": command}, f"{name} on {dataset} test",
+                                 folder / dataset)
                 if update_cards:
                     key = metrics_key(dataset, "test", ablation)
                     bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",

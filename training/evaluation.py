@@ -84,7 +84,7 @@ def case_truth(case: Case, pre: Preprocessing, masking: str = "dataset") -> Case
     if lesion is None:
         nothing = np.zeros(int(inside.sum()), dtype=bool)
         return CaseTruth(prepared, inside, nothing, nothing.astype(np.int32), nothing, used.how)
-    near = sitk.GetArrayViewFromImage(_dilated(lesion, LESION_MARGIN_MM))[inside] > 0
+    near = sitk.GetArrayFromImage(_dilated(lesion, LESION_MARGIN_MM))[inside] > 0
     return CaseTruth(prepared, inside, sitk.GetArrayViewFromImage(lesion)[inside] > 0, lesion_regions(lesion)[inside],
                      near, used.how)
 
@@ -116,7 +116,7 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
         out.slice_scores.append(scored.slice_scores[eligible])
         out.healthy_slice_scores.append(scored.slice_scores[healthy_slices(prepared)])
 
-        values = sitk.GetArrayViewFromImage(to_input_grid(scored.maps, prepared))[inside].astype(np.float32)
+        values = sitk.GetArrayFromImage(to_input_grid(scored.maps, prepared))[inside].astype(np.float32)
         out.voxel_labels.append(truth.labels)
         out.voxel_regions.append(truth.regions)
         out.voxel_scores.append(values)

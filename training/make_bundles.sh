@@ -1,71 +1,105 @@
 #!/usr/bin/env bash
-# Rebuild every bundled model from ../shared/data: prepare -> fit -> export -> calibrate -> evaluate -> bench.
-# The fits are what made the committed weights (each on one H100, ~5 min, two side by side); on a CPU they take
-# hours. Evaluation and benchmarks run on the CPU. Usage: bash training/make_bundles.sh [DATA_DIR]
+# Rebuild every bundled model from ../shared/data: prepare -> fit -> export (-> configure) -> calibrate -> evaluate
+# -> compare -> bench. Stages can be run alone: bash training/make_bundles.sh [DATA_DIR] [STAGE ...] with STAGE one
+# of prepare fit export calibrate evaluate compare bench fewshot (default: all, in that order); FLAIR_MODELS and
+# T1_MODELS in the environment limit the models.
+# The Patch-GAN fits are what made the committed weights (each on one H100, ~5 min, two side by side; on this 2-core
+# CPU they take hours); the other fits, calibration, evaluation and benchmarks ran on the 2-core CPU.
 set -euo pipefail
 DATA=${1:-../shared/data}
+shift || true
+STAGES=${*:-prepare fit export calibrate evaluate compare bench fewshot}
 MODELS=Resources/Models
+FLAIR_MODELS=${FLAIR_MODELS-"patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair \
+pathoscope-flair dae-flair"}
+T1_MODELS=${T1_MODELS-"patchgan-t1 intensity-t1"}
 mkdir -p cache runs
 
-python -m training prepare --dataset "$DATA/lgg_flair" --split train --modality flair --out cache/lgg_flair_train.npz
-python -m training prepare --dataset "$DATA/ixi_t1" --split train --modality t1 --out cache/ixi_t1_train.npz
-fit="python -m training fit --batch-size 32 --seed 0 --device auto"
-$fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair --epochs 600 --sign positive --uncertainty
-$fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair-paper --epochs 600 --sign positive
-$fit --data cache/ixi_t1_train.npz --run-dir runs/patchgan-t1 --epochs 100 --sign absolute --uncertainty
+prepare() {
+    python -m training prepare --dataset "$DATA/lgg_flair" --split train --modality flair --out cache/lgg_flair_train.npz
+    python -m training prepare --dataset "$DATA/ixi_t1" --split train --modality t1 --out cache/ixi_t1_train.npz
+}
 
-# the paper's baselines (issue "The paper's comparison"): on this 2-core CPU, OCSVM < 1 s, AE ~4 min, ALOCC ~9 min
-python -m training fit --method ocsvm --data cache/lgg_flair_train.npz --run-dir runs/ocsvm-flair --seed 0 --patch 32
-python -m training fit --method ae --data cache/lgg_flair_train.npz --run-dir runs/ae-flair --epochs 40 --lr 1e-3 \
-    --seed 0 --device cpu
-python -m training fit --method alocc --data cache/lgg_flair_train.npz --run-dir runs/alocc-flair --epochs 40 \
-    --seed 0 --device cpu
+fit() {
+    local fit="python -m training fit --batch-size 32 --seed 0 --device auto"
+    $fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair --epochs 600 --sign positive --uncertainty
+    $fit --data cache/lgg_flair_train.npz --run-dir runs/patchgan-flair-paper --epochs 600 --sign positive
+    $fit --data cache/ixi_t1_train.npz --run-dir runs/patchgan-t1 --epochs 100 --sign absolute --uncertainty
+    # the paper's baselines: on the 2-core CPU, OCSVM < 1 s, AE ~4 min, ALOCC ~9 min
+    python -m training fit --method ocsvm --data cache/lgg_flair_train.npz --run-dir runs/ocsvm-flair --seed 0 --patch 32
+    python -m training fit --method ae --data cache/lgg_flair_train.npz --run-dir runs/ae-flair --epochs 40 --lr 1e-3 \
+        --seed 0 --device cpu
+    python -m training fit --method alocc --data cache/lgg_flair_train.npz --run-dir runs/alocc-flair --epochs 40 \
+        --seed 0 --device cpu
+    # the denoising autoencoder with coarse noise (Kascenas et al. 2022), on the CPU with one thread
+    OMP_NUM_THREADS=1 python -m training fit --method dae --data cache/lgg_flair_train.npz --run-dir runs/dae-flair \
+        --epochs 40 --batch-size 32 --seed 0 --device cpu --lr 1e-3
+    # PathoSCOPE, few-shot: 8 reference cases drawn with seed 0 from lgg_flair train, on the CPU
+    python -m training fit --method pathoscope --data cache/lgg_flair_train.npz --run-dir runs/pathoscope-flair \
+        --shots 8 --seed 0
+    python -m training fit --method intensity --modality flair --sign positive --run-dir runs/intensity-flair
+    python -m training fit --method intensity --modality t1 --sign negative --run-dir runs/intensity-t1
+}
 
-python -m training fit --method intensity --modality flair --sign positive --run-dir runs/intensity-flair
-python -m training fit --method intensity --modality t1 --sign negative --run-dir runs/intensity-t1
-
-for model in patchgan-flair patchgan-flair-paper patchgan-t1 ocsvm-flair ae-flair alocc-flair intensity-flair \
-    intensity-t1; do
-    python -m training export --run runs/$model --name $model --out $MODELS/$model
-done
-
-evaluate="python -m training evaluate --split test --device cpu --update-card"
-for model in patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair; do
-    python -m training calibrate --model $model --dataset "$DATA/lgg_flair" --split val --device cpu
-done
-for model in patchgan-flair patchgan-flair-paper intensity-flair; do  # per-case reports; baselines: see compare
-    for dataset in lgg_flair brats2013 mslub; do
-        $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
+export_bundles() {
+    for model in $FLAIR_MODELS $T1_MODELS; do
+        python -m training export --run runs/$model --name $model --out $MODELS/$model
     done
-done
-for model in patchgan-flair patchgan-flair-paper; do  # the paper's Table 2: without patch ranking
-    for dataset in lgg_flair brats2013 mslub; do
-        $evaluate --model $model --dataset "$DATA/$dataset" --ablation "ranking off" \
-            --out docs/results/$model-no-ranking/$dataset
-    done
-done
-for model in patchgan-t1 intensity-t1; do
-    python -m training calibrate --model $model --dataset "$DATA/ixi_t1" --split val --device cpu
-    for dataset in ixi_t1 mslub; do
-        $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
-    done
-done
-# the paper's Table 1 and 2, Figs. 3 and 6 on our data (also stores each model's metrics in its card)
-python -m training compare --models patchgan-flair patchgan-flair-paper alocc-flair ocsvm-flair ae-flair \
-    intensity-flair --data-root "$DATA" --out docs/comparison --device cpu --update-cards
-for model in patchgan-flair patchgan-t1; do
-    python -m training bench --model $model --device cpu --update-card
-done
+    # The flagship's inference settings, chosen on lgg_flair val + nichart_wmh val by
+    # docs/analysis/patchgan_choices.py (0.1075: the robust brain spread of cache/lgg_flair_train.npz it prints)
+    python -m training configure --model patchgan-flair --set map_smoothing=5 --set 'inference_shifts=[0, 8, 16, 24]' \
+        --set intensity_prior=0.1075
+}
 
-# PathoSCOPE, few-shot (issue 5), on the CPU in about a minute: 8 reference cases drawn with seed 0 from lgg_flair
-# train, the default random-initialised backbone; then the few-shot tables (Tables 1 and 3, about 1.5 h on 2 cores)
-python -m training fit --method pathoscope --data cache/lgg_flair_train.npz --run-dir runs/pathoscope-flair \
-    --shots 8 --seed 0
-python -m training export --run runs/pathoscope-flair --name pathoscope-flair --out $MODELS/pathoscope-flair
-python -m training calibrate --model pathoscope-flair --dataset "$DATA/lgg_flair" --split val --device cpu
-for dataset in lgg_flair brats2013 mslub; do
-    $evaluate --model pathoscope-flair --dataset "$DATA/$dataset" --out docs/results/pathoscope-flair/$dataset
+calibrate() {
+    # 1 % of healthy brain voxels (docs/analysis/operating_points.py), both FLAIR validation sources weighing the same
+    for model in $FLAIR_MODELS; do
+        python -m training calibrate --model $model --dataset "$DATA/lgg_flair" "$DATA/nichart_wmh" --split val \
+            --device cpu
+    done
+    for model in $T1_MODELS; do
+        python -m training calibrate --model $model --dataset "$DATA/ixi_t1" --split val --device cpu
+    done
+}
+
+evaluate() {
+    # Test metrics with the datasets' brain masks come from compare (below); here what it does not do: the skull-on
+    # lgg_flair test patients masked as mad-detect masks them without a given mask, and the T1 models.
+    local evaluate="python -m training evaluate --split test --device cpu --update-card"
+    for model in $FLAIR_MODELS; do
+        $evaluate --model $model --dataset "$DATA/lgg_flair" --brain-mask auto --out docs/results/$model/lgg_flair-auto
+    done
+    for model in $T1_MODELS; do
+        for dataset in ixi_t1 mslub; do
+            $evaluate --model $model --dataset "$DATA/$dataset" --out docs/results/$model/$dataset
+        done
+        $evaluate --model $model --dataset "$DATA/ixi_t1" --brain-mask auto --out docs/results/$model/ixi_t1-auto
+    done
+}
+
+compare() {
+    # the paper's Tables 1 and 2, Figs. 3 and 6 on our data, every method's ablation rows included; each model's
+    # test metrics go into its card and its per-case reports into docs/results/
+    python -m training compare --models $FLAIR_MODELS --data-root "$DATA" --out docs/comparison --device cpu \
+        --update-cards --reports docs/results
+}
+
+bench() {
+    for model in patchgan-flair patchgan-t1 pathoscope-flair dae-flair; do
+        python -m training bench --model $model --device cpu --update-card
+    done
+}
+
+fewshot() {
+    # PathoSCOPE's Tables 1 and 3 (about 1.5 h on 2 cores)
+    python -m training fewshot --data cache/lgg_flair_train.npz --data-root "$DATA" --out docs/fewshot --draws 2 \
+        --ablation-draws 1
+}
+
+for stage in $STAGES; do
+    case $stage in
+        prepare) prepare ;; fit) fit ;; export) export_bundles ;; calibrate) calibrate ;; evaluate) evaluate ;;
+        compare) compare ;; bench) bench ;; fewshot) fewshot ;;
+        *) echo "unknown stage $stage" >&2; exit 2 ;;
+    esac
 done
-python -m training bench --model pathoscope-flair --device cpu --update-card
-python -m training fewshot --data cache/lgg_flair_train.npz --data-root "$DATA" --out docs/fewshot --draws 2 \
-    --ablation-draws 1

@@ -4,4 +4,4 @@ Nothing in this package imports ``slicer`` or ``qt``; the Slicer module, the ``m
 ``training`` package all call :func:`MedicalAnomalyDetectionLib.inference.detect`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

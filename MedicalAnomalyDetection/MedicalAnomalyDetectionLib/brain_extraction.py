@@ -35,8 +35,9 @@ STRIPPED_BACKGROUND_SHARE = 0.5
 STRIPPED_MAX_ML = 2200.0
 # deepbet's mask covering this share of the non-background voxels means the input was skull-stripped already.
 STRIPPED_COVERAGE = 0.9
-# A brain mask outside these volumes is not a brain (partial slabs of a few cm included at the low end).
-PLAUSIBLE_BRAIN_ML = (100.0, 2500.0)
+# A brain mask outside these volumes is not a brain: partial slabs of a few cm at the low end; at the high end room for
+# headers whose spacing is only approximate (lgg_flair's own deepbet masks measure up to 2.9 L by their headers).
+PLAUSIBLE_BRAIN_ML = (100.0, 4000.0)
 BOX_SIZE, EXTRACTION_SIZE, BOX_MARGIN = (128, 128, 128), (256, 256, 256), 0.1
 
 

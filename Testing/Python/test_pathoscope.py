@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 import pickle
 
@@ -20,7 +21,8 @@ from MedicalAnomalyDetectionLib.fewshot.coreset import greedy_coreset
 from MedicalAnomalyDetectionLib.fewshot.fit import (PAPER_TYPICAL_DISTANCE, TYPICAL_DISTANCE, FewShotSettings,
                                                    fit_pathoscope, pieg)
 from MedicalAnomalyDetectionLib.fewshot.losses import local_distance, tritanh
-from MedicalAnomalyDetectionLib.fewshot.references import Reference, acquisition_plane, fit_references
+from MedicalAnomalyDetectionLib.fewshot.references import (Reference, acquisition_plane, fit_references,
+                                                           lesion_warning)
 from MedicalAnomalyDetectionLib.fewshot.synthesis import TextureBank, folder_textures, local_pathology, perlin_mask
 from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.progress import Cancelled
@@ -234,11 +236,17 @@ def test_fit_references_refuses_too_few_and_warns_of_lesions_and_thick_slices(tm
     assert acquisition_plane(_volume(1, spacing=(1.0, 1.0, 5.0))) == "axial"
     sagittal = make_image(head_array(seed=1), spacing=(1.0, 1.0, 5.0), direction=(0, 0, 1, 1, 0, 0, 0, 1, 0))
     assert acquisition_plane(sagittal) == "sagittal"
-    references = [Reference("lesioned", _volume(0, blob=(12, 20, 26))), Reference("thick", sagittal)]
+    tumour = head_array(seed=0)
+    tumour[8:16, 14:22, 18:26] = 250.0  # 8 x 8 x 8 voxels of 3 mm: 13.8 mL, above LESION_WARNING_ML
+    lesioned = Reference("lesioned", make_image(tumour))
+    references = [lesioned, Reference("thick", sagittal)]
     fitted = fit_references(references, "warned", tmp_path, "flair", pre=TINY_PRE, settings=TINY_SETTINGS,
                             config=TINY_PATHOSCOPE)
-    assert any(w.startswith("lesioned:") and "learn that lesion as normal" in w for w in fitted.warnings)
+    assert any(re.match(r"lesioned: a \d+\.\d mL region is unusually bright", w) and "learn that lesion as normal" in w
+               for w in fitted.warnings)
     assert any(w.startswith("thick was acquired in sagittal slices") for w in fitted.warnings)
+    assert lesion_warning(Reference("small", _volume(0, blob=(12, 20, 26))), "flair") is None  # 6.6 mL: no
+    assert lesion_warning(replace(lesioned, slices=(17, 23)), "flair") is None  # the tumour left out of the range
 
 
 def _slice_set() -> "SliceSet":

@@ -114,3 +114,17 @@ def test_resume_refuses_other_settings_and_tiny_data(tmp_path):
                      resume=True)
     with pytest.raises(InputError, match="fewer than one batch"):
         fit_patchgan(data, config, FitSettings(batch_size=32), tmp_path / "other", torch.device("cpu"))
+
+
+def test_configure_changes_inference_settings_and_records_them(tiny_bundle_dir, tmp_path):
+    out = tmp_path / "configured"
+    assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=5",
+                 "--set", "intensity_prior=0.1", "--out", str(out)]) == 0
+    original, changed = load_bundle(tiny_bundle_dir), load_bundle(out)
+    assert changed.card.hyperparameters["map_smoothing"] == 5 and changed.card.hyperparameters["intensity_prior"] == 0.1
+    assert original.card.hyperparameters["map_smoothing"] == 3  # the source bundle is untouched
+    assert changed.card.thresholds == {} and changed.card.sha256 == original.card.sha256
+    assert "--set map_smoothing=5" in changed.card.training["configured"][0]["command"]
+    assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=4"]) == 1  # even sizes only
+    assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "no_such=1"]) == 1
+    assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=5", "--out", str(out)]) == 1

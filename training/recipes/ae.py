@@ -15,6 +15,7 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord
 from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import add_sign_argument
 
 
 def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device: torch.device,
@@ -41,8 +42,7 @@ def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device
 def add_autoencoder_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the autoencoder network (shared with ALOCC's reconstructor)."""
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="encoder widths")
-    parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
-                        help="which residuals are anomalous (FLAIR lesions: positive)")
+    add_sign_argument(parser)
 
 
 @register

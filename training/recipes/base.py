@@ -12,6 +12,12 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord
 from ..slice_set import SliceSet
 
 
+def add_sign_argument(parser: argparse.ArgumentParser, what: str = "residuals") -> None:
+    """``--sign``: which side of a map is anomalous for the modality (FLAIR lesions are bright: positive)."""
+    parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
+                        help=f"which {what} are anomalous (FLAIR lesions: positive; T1: negative)")
+
+
 class Recipe:
     """How one method is trained. ``name`` is the method's registered name (a card's ``method``)."""
 

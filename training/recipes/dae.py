@@ -16,6 +16,7 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord
 from ..loop import FitSettings, Trainee, add_loop_arguments, train_from_args
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import add_sign_argument
 
 
 def dae_trainee(config: DAEConfig, settings: FitSettings, device: torch.device) -> Trainee:
@@ -51,8 +52,7 @@ class DAERecipe(Recipe):
                             help="coarse noise strength, in the slices' normalised units")
         parser.add_argument("--noise-resolution", type=int, default=DAEConfig.noise_resolution,
                             help="noise grid size before upsampling")
-        parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
-                            help="which residuals are anomalous (FLAIR lesions: positive)")
+        add_sign_argument(parser)
 
     @classmethod
     def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:

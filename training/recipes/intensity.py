@@ -13,6 +13,7 @@ from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import add_sign_argument
 
 
 @register
@@ -24,8 +25,7 @@ class IntensityRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--modality", required=True, help="the contrast the bundle is for, e.g. flair or t1")
-        parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
-                            help="which side of the z-score is anomalous (FLAIR lesions: positive; T1: negative)")
+        add_sign_argument(parser, "z-scores")
         parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"))
         parser.add_argument("--size", type=int, nargs="+", default=[128], help="slice size in px: N or H W")
         parser.add_argument("--spacing", type=float, default=1.875, help="in-plane spacing in mm")

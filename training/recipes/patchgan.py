@@ -22,6 +22,7 @@ from MedicalAnomalyDetectionLib.scoring import PatchRanking
 from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import add_sign_argument
 
 
 def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstructor,
@@ -94,8 +95,7 @@ class PatchGANRecipe(Recipe):
         add_loop_arguments(parser)
         parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="encoder widths")
         parser.add_argument("--hole", type=int, default=32, help="in-painting hole (and ranking patch) size in px")
-        parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
-                            help="which residuals are anomalous (FLAIR lesions: positive)")
+        add_sign_argument(parser)
         parser.add_argument("--uncertainty", action="store_true", help="add the log-variance head (our addition)")
 
     @classmethod

@@ -17,16 +17,17 @@ from ..methods import build_method
 from ..methods.backbone import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
 from ..pipeline import score_volume
-from ..preprocessing import prepare_volume
+from ..preprocessing import PreparedVolume, prepare_volume
 from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from ..run_record import RunRecord, card_from_run
 from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices, normalise_maps
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
 
-# A reference whose brain is flagged by the modality's intensity baseline at this share or more (five times what its
-# threshold flags on healthy validation slices) probably holds a lesion.
-LESION_WARNING_SHARE = 0.005
+# A reference in which the modality's intensity baseline flags a connected region of at least this many mL at its
+# calibrated threshold probably holds a lesion; chosen on healthy and lesioned validation volumes, with its false-alarm
+# rate on the healthy ones, in docs/analysis/lesion_check.md.
+LESION_WARNING_ML = 10.0
 # A reference is acquired in a plane when its slices are this much thicker than the in-plane spacing.
 THICK_SLICE_RATIO = 2.0
 # Without validation scans, thresholds come from the references themselves: the map value exceeded by this share of
@@ -72,9 +73,18 @@ def plane_warning(reference: Reference, plane: str) -> str | None:
             f"the model works on {plane} slices, so it learns from {reference.name} resampled across thick slices")
 
 
+def largest_flagged_region_ml(maps: np.ndarray, mask: np.ndarray, threshold: float, grid: sitk.Image) -> float:
+    """The volume in mL of the largest connected region of brain voxels whose map reaches ``threshold``, on the
+    model grid (``grid`` gives its spacing)."""
+    flagged = sitk.GetImageFromArray(((maps >= threshold) & mask).astype(np.uint8))
+    flagged.SetSpacing(grid.GetSpacing())
+    sizes = np.bincount(sitk.GetArrayFromImage(sitk.ConnectedComponent(flagged)).ravel())[1:]
+    return float(sizes.max(initial=0)) * float(np.prod(grid.GetSpacing())) / 1000.0
+
+
 def lesion_warning(reference: Reference, modality: str) -> str | None:
-    """A warning when the modality's bundled intensity baseline flags much of the reference's brain (None when no
-    such baseline exists); measured on the baseline's model grid, where its map is computed."""
+    """A warning when the modality's bundled intensity baseline finds a connected region of at least
+    LESION_WARNING_ML at its threshold in the reference's slices (None when no such baseline exists)."""
     try:
         baseline = load_bundle(f"intensity-{modality.lower()}")
     except InputError:
@@ -82,21 +92,26 @@ def lesion_warning(reference: Reference, modality: str) -> str | None:
     prepared = prepare_volume(reference.image, baseline.card.preprocessing, reference.brain_mask)
     scored = score_volume(build_method(baseline, torch.device("cpu")), prepared,
                           map_normalisation=baseline.card.map_normalisation)
-    share = float((scored.maps[prepared.mask] >= baseline.card.thresholds["pixel"]).mean())
-    if share < LESION_WARNING_SHARE:
+    inside = prepared.mask & _in_range(prepared, reference.slices)[:, None, None]
+    region = largest_flagged_region_ml(scored.maps, inside, baseline.card.thresholds["pixel"], prepared.model_grid)
+    if region < LESION_WARNING_ML:
         return None
     look = "dark" if baseline.card.hyperparameters.get("sign") == "negative" else "bright"
-    return (f"{reference.name}: {100 * share:.1f} % of its brain is unusually {look} for healthy {modality.upper()}; "
-            "if it holds a lesion, the model will learn that lesion as normal")
+    return (f"{reference.name}: a {region:.1f} mL region is unusually {look} for healthy {modality.upper()}; "
+            "if it is a lesion, the model will learn that lesion as normal")
+
+
+def _in_range(prepared: PreparedVolume, slices: tuple[int, int] | None) -> np.ndarray:
+    """(N,) model slices within a reference's slice range (input indices along the slice axis), all without one."""
+    if slices is None:
+        return np.ones(len(prepared.slice_index), dtype=bool)
+    return (prepared.slice_index >= slices[0]) & (prepared.slice_index <= slices[1])
 
 
 def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """The reference's model-grid slices that show brain (within its slice range): (slices, masks)."""
     prepared = prepare_volume(reference.image, pre, reference.brain_mask)
-    keep = eligible_slices(prepared.brain_area, TRAIN_MIN_BRAIN_SHARE)
-    if reference.slices is not None:
-        first, last = reference.slices
-        keep &= (prepared.slice_index >= first) & (prepared.slice_index <= last)
+    keep = eligible_slices(prepared.brain_area, TRAIN_MIN_BRAIN_SHARE) & _in_range(prepared, reference.slices)
     if not keep.any():
         where = "" if reference.slices is None else f" between slices {reference.slices[0]} and {reference.slices[1]}"
         raise InputError(f"reference {reference.name} shows no brain{where}")

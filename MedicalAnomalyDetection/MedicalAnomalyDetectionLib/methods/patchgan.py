@@ -26,6 +26,13 @@ What the paper fixes, and what we chose where it is silent (the model card repea
   residual divided by sigma (the root of the mean predicted variance over the passes): roughly a z-score, which
   discounts what healthy anatomy makes hard to in-paint (cortex, ventricle borders, the ends of the brain) -- the
   learned form of dividing focal by diffuse error.
+* **Optional intensity prior** (``intensity_prior``, our addition): the map becomes the geometric mean of the learned
+  map and the intensity's own signed deviation from the brain median (0.5 after percentile normalisation) divided by
+  ``intensity_prior`` (the training slices' robust brain spread). A voxel must both look unlike what the context
+  predicts and be abnormally bright (FLAIR) to score high: the in-painting residual alone also lights up dark CSF
+  and cortex, and the intensity alone lights up every bright normal structure. Chosen on the validation splits
+  (docs/analysis/patchgan_choices.md); the ablation "no intensity prior" measures what it buys. Slice scores stay
+  those of the learned map.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class PatchGANConfig:
     map_smoothing: int = 7
     ranking: PatchRanking = PatchRanking()
     uncertainty: bool = False
+    intensity_prior: float = 0.0  # > 0: combine the map with the intensity prior, this being the brain's spread
 
     def __post_init__(self) -> None:
         if self.map_smoothing < 1 or self.map_smoothing % 2 == 0:
@@ -67,16 +75,19 @@ class PatchGANConfig:
         return {"widths": list(self.widths), "disc_widths": list(self.disc_widths), "hole": self.hole,
                 "inference_shifts": list(self.inference_shifts), "sign": self.sign,
                 "map_smoothing": self.map_smoothing, "ranking": self.ranking.to_dict(),
-                "uncertainty": self.uncertainty}
+                "uncertainty": self.uncertainty, "intensity_prior": self.intensity_prior}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PatchGANConfig":
         return cls(widths=tuple(data["widths"]), disc_widths=tuple(data["disc_widths"]), hole=int(data["hole"]),
                    inference_shifts=tuple(data["inference_shifts"]), sign=data["sign"],
                    map_smoothing=int(data["map_smoothing"]), ranking=PatchRanking.from_dict(data["ranking"]),
-                   uncertainty=bool(data.get("uncertainty", False)))
+                   uncertainty=bool(data.get("uncertainty", False)),
+                   intensity_prior=float(data.get("intensity_prior", 0.0)))
 
 
+# Where the percentile normalisation puts the brain's median intensity (card.Preprocessing: p1 -> 0, median -> 0.5).
+BRAIN_MEDIAN = 0.5
 # Bounds of the predicted log-variance: sigma between 0.01 and 7.4 in normalised intensity units.
 LOG_VAR_RANGE = (-9.2, 4.0)
 
@@ -161,7 +172,8 @@ class PatchGAN:
 
     name: ClassVar[str] = "patchgan"
     weights: ClassVar[tuple[str, ...]] = ("reconstructor",)
-    ablations: ClassVar[dict[str, dict]] = {"ranking off": {"ranking": {"ranking": False}}}
+    ablations: ClassVar[dict[str, dict]] = {"ranking off": {"ranking": {"ranking": False}},
+                                            "no intensity prior": {"intensity_prior": 0.0}}
 
     def __init__(self, config: PatchGANConfig, reconstructor: Reconstructor, device: torch.device) -> None:
         self.config = config
@@ -201,7 +213,7 @@ class PatchGAN:
         variance = (out[:, :, 1].clamp(*LOG_VAR_RANGE).exp() * weights).sum(dim=1) / total
         return mean, variance.sqrt()
 
-    def anomaly_map(self, slices: torch.Tensor, reconstruction: torch.Tensor, sigma: torch.Tensor | None,
+    def learned_map(self, slices: torch.Tensor, reconstruction: torch.Tensor, sigma: torch.Tensor | None,
                     mask: torch.Tensor) -> torch.Tensor:
         """Signed residual (divided by sigma with the uncertainty head), smoothed, inside the mask."""
         residual = signed_residual(slices - reconstruction, self.config.sign) * mask
@@ -209,8 +221,19 @@ class PatchGAN:
             residual = residual / sigma
         return smooth(residual, mask, self.config.map_smoothing)
 
+    def with_prior(self, learned: torch.Tensor, slices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The geometric mean of the learned map and the intensity's deviation from the brain median (in units of
+        ``intensity_prior``, the training brain's spread); the learned map itself without a prior."""
+        if not self.config.intensity_prior:
+            return learned
+        prior = signed_residual(slices - BRAIN_MEDIAN, self.config.sign) / self.config.intensity_prior * mask
+        return torch.sqrt(learned * prior)
+
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        """Maps with the intensity prior where the card asks for it; slice scores always from the learned map (the
+        prior would add every bright normal structure to the slice-level evidence)."""
         slices = slices.to(self.device, torch.float32)
         mask = mask.to(self.device, torch.float32)
-        maps = self.anomaly_map(slices, *self.reconstruct(slices), mask)
-        return SliceResult(maps=maps.cpu(), scores=slice_scores(maps, mask, self.config.ranking).cpu())
+        learned = self.learned_map(slices, *self.reconstruct(slices), mask)
+        maps = self.with_prior(learned, slices, mask)
+        return SliceResult(maps=maps.cpu(), scores=slice_scores(learned, mask, self.config.ranking).cpu())
