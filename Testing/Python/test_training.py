@@ -84,7 +84,8 @@ def test_training_reduces_the_inpainting_loss(tmp_path):
 
 
 def test_uncertainty_head_learns_where_inpainting_is_hard():
-    """Left half flat, right half noise: after training, the predicted sigma is larger on the right."""
+    """Left half flat, right half noise: after training, the predicted sigma is larger on the right.
+    (400 steps: at 250 the ratio was 1.2 with one thread and 1.8 with two; at 400 it is 12 and 5.)"""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     x = torch.full((8, 1, 32, 32), 0.5)
@@ -96,7 +97,7 @@ def test_uncertainty_head_learns_where_inpainting_is_hard():
     opt_r = torch.optim.Adam(reconstructor.parameters(), lr=3e-3)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
     settings = FitSettings(uncertainty_weight=1.0)
-    for _ in range(250):
+    for _ in range(400):
         losses = training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
     assert np.isfinite(losses["loss_nll"])
     _, sigma = PatchGAN(config, reconstructor, torch.device("cpu")).reconstruct(x[:4, 0])
