@@ -8,7 +8,7 @@ wheel), shows them as the module's results view does (``MedicalAnomalyDetectionS
 input, label map outlined, colour legend) and draws slice views offscreen with Slicer's displayable managers (colour
 legend, ruler, the expert lesion mask as a green segmentation outline). Needs an offscreen OpenGL: Mesa's EGL
 (``apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri``) with the environment variable above. Writes
-``docs/images/sample_result_slicer.png`` (three axial views around the most anomalous slice) and
+``docs/images/sample_result_slicer.png`` (the three axial slices with the most labelled voxels) and
 ``docs/images/results_view_slicer.png`` (axial, sagittal, coronal through it, as Slicer's conventional layout).
 """
 
@@ -166,11 +166,24 @@ def render(result: Path, images: Path) -> None:
     image = sitk.ReadImage(str(SAMPLE / "flair.nii.gz"))
     step = max(3, image.GetSize()[axis] // 12)
 
-    _save([views["Red"].show(slice_centre_ras(image, axis, most + offset), f"axial slice {most + offset}", legend,
-                             offset == step) for offset in (-step, 0, step)], images / "sample_result_slicer.png")
+    shown = busiest_slices(sitk.ReadImage(str(result / "anomaly_label.nii.gz")), axis, step)
+    _save([views["Red"].show(slice_centre_ras(image, axis, index), f"axial slice {index}", legend, index == shown[-1])
+           for index in shown], images / "sample_result_slicer.png")
     centre = slice_centre_ras(image, axis, most)
     _save([view.show(centre, f"{view.node.GetOrientation().lower()}, through slice {most}", legend, name == "Green")
             for name, view in views.items()], images / "results_view_slicer.png")
+
+
+def busiest_slices(label: sitk.Image, axis: int, spacing: int, count: int = 3) -> list[int]:
+    """The ``count`` slices along ``axis`` (the file's voxel grid) with the most labelled voxels, at least
+    ``spacing`` slices apart, in slice order."""
+    voxels = sitk.GetArrayFromImage(label) > 0  # (z, y, x): numpy axis 2 - axis is the file's axis
+    per_slice = voxels.sum(axis=tuple(a for a in range(3) if a != 2 - axis))
+    chosen: list[int] = []
+    for index in np.argsort(-per_slice, kind="stable"):
+        if len(chosen) < count and all(abs(int(index) - other) >= spacing for other in chosen):
+            chosen.append(int(index))
+    return sorted(chosen)
 
 
 def slice_centre_ras(image: sitk.Image, axis: int, index: int) -> tuple[float, float, float]:
