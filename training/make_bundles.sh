@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Rebuild every bundled model from ../shared/data: prepare -> fit -> export (-> configure) -> calibrate -> evaluate
 # -> compare -> bench. Stages can be run alone: bash training/make_bundles.sh [DATA_DIR] [STAGE ...] with STAGE one
-# of prepare fit export calibrate evaluate compare bench fewshot (default: all, in that order); FLAIR_MODELS and
+# of prepare fit export calibrate evaluate compare bench fewshot scrps (default: all, in that order); FLAIR_MODELS and
 # T1_MODELS in the environment limit the models.
 # The Patch-GAN fits are what made the committed weights (each on one H100, ~5 min, two side by side; on this 2-core
 # CPU they take hours); the other fits, calibration, evaluation and benchmarks ran on the 2-core CPU.
 set -euo pipefail
 DATA=${1:-../shared/data}
 shift || true
-STAGES=${*:-prepare fit export calibrate evaluate compare bench fewshot}
+STAGES=${*:-prepare fit export calibrate evaluate compare bench fewshot scrps}
 MODELS=Resources/Models
 FLAIR_MODELS=${FLAIR_MODELS-"patchgan-flair patchgan-flair-paper intensity-flair ocsvm-flair ae-flair alocc-flair \
 pathoscope-flair dae-flair"}
@@ -96,10 +96,34 @@ fewshot() {
         --ablation-draws 1
 }
 
+scrps() {
+    # SCRPS on T1 at the reduced configuration (80x64 slices at 2.4 mm, 10 x 256 codes), on this 2-core CPU, 1 thread:
+    # the StyleGAN2 (8000 iterations planned; --max-minutes 110 per session, resumed until the time ran out at 6838
+    # iterations, 2.3 h), then the encoder (5000 steps) and the repository (1200 slices, 10 Eq. 1 steps each)
+    python -m training prepare --dataset "$DATA/ixi_t1" --split train --modality t1 --size 80 64 --spacing 2.4 \
+        --out cache/ixi_t1_train_80x64.npz
+    python -m training prepare --dataset "$DATA/ixi_t1" --split val --modality t1 --size 80 64 --spacing 2.4 \
+        --out cache/ixi_t1_val_80x64.npz
+    python -m training.stylegan_fit --data cache/ixi_t1_train_80x64.npz --run-dir runs/scrps-t1 --config reduced \
+        --iterations 8000 --batch-size 16 --seed 0 --threads 1 --resume --max-minutes 110
+    python -m training fit --method scrps --data cache/ixi_t1_train_80x64.npz --gan runs/scrps-t1 \
+        --run-dir runs/scrps-t1-detector --encoder-steps 5000 --repository-steps 10 --threads 1 --device cpu
+    python -m training export --run runs/scrps-t1-detector --name scrps-t1 --out $MODELS/scrps-t1
+    # choices on ixi_t1 val with implanted T1 lesions (docs/scrps/choices.md), then the chosen settings
+    python docs/scrps/scrps_choices.py --model $MODELS/scrps-t1 --data cache/ixi_t1_val_80x64.npz --out docs/scrps \
+        --per-case 8
+    python -m training configure --model scrps-t1 --set refine_steps=0  # the encoder alone held the val quality
+    python -m training calibrate --model scrps-t1 --dataset "$DATA/ixi_t1" --split val --device cpu
+    # the paper's Table 1 and Fig. 3 on ixi_t1 test + mslub T1 test, beside the other T1 models
+    python docs/scrps/scrps_table.py --model $MODELS/scrps-t1 --baselines patchgan-t1 intensity-t1 \
+        --data-root "$DATA" --out docs/scrps --steps 0 5 10 20 --update-card
+    python -m training bench --model scrps-t1 --device cpu --update-card
+}
+
 for stage in $STAGES; do
     case $stage in
         prepare) prepare ;; fit) fit ;; export) export_bundles ;; calibrate) calibrate ;; evaluate) evaluate ;;
-        compare) compare ;; bench) bench ;; fewshot) fewshot ;;
+        compare) compare ;; bench) bench ;; fewshot) fewshot ;; scrps) scrps ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
 done

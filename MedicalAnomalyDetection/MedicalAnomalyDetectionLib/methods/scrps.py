@@ -1,0 +1,564 @@
+"""SCRPS (Wei et al., MICCAI 2025; ../shared/papers/scrps-stylegan-latent-retrieval.txt): StyleGAN latent-code
+retrieval and partial swap. A test slice is inverted into W+ (Eq. 1), its codes are matched against a repository of
+healthy codes (coarse on the first L1 codes, fine on the rest, Eqs. 3-4), the retrieved codes are combined with
+similarity weights, the codes from layer L2 on are swapped for that combination (Eq. 5), and the generator's image of
+the swapped codes is compared with the slice by a normalised perceptual score.
+
+What follows the paper, and what we chose where it is silent or where this machine forced a choice:
+
+* **Inversion** (Eq. 1): Adam on the W+ codes, loss = perceptual (Eq. 2: sum over feature taps of the squared
+  feature difference over the tap's pixel count, with the features of the paper's reference [31], LPIPS:
+  unit-normalised over channels) + ``lambda_mse`` (10) x mean squared pixel error, noise fixed at zero. The
+  paper starts at the mean w and runs 2,000 steps (lr 0.01). We start from a trained **encoder** (amortised
+  inversion, image -> W+, :class:`LatentEncoder`) and refine for ``refine_steps`` steps; ``init: mean`` gives the
+  paper's start. Slices are inverted all at once: the loss is a sum over slices and Adam works per
+  coordinate, so a batch gives exactly the codes each slice would get alone. Constant learning rate, so a run of S
+  steps passes through the codes of every shorter run (the steps-versus-quality study records snapshots).
+* **Repository**: codes of healthy training slices, inverted the same way as test slices (encoder + more steps), so
+  that test and repository codes come from one procedure (the paper names the shift between them as a source of
+  false positives). Stored in the bundle as ``repository.codes`` (K, L, w_dim).
+* **Retrieval** (Eqs. 3-4): cosine similarity of the flattened first ``l1`` codes -> top ``k1`` candidates; cosine
+  similarity of the remaining codes among those -> top ``k2``; weights = those fine similarities divided by their
+  sum (the equation after Eq. 4; similarities below 0 count as 0). ``retrieval: one-stage`` is the Fig. 3a ablation
+  (top ``k2`` by the similarity of the whole code). K1 and K2 are capped at the repository size.
+* **Swap** (Eq. 5): codes ``0 .. l2-1`` from the test slice, ``l2 .. L-1`` from the combination. ``l2 = 0`` is "no
+  swap" (the paper's Fig. 3b L2 = 0: the image of the combination alone), ``l2 = L`` keeps the test codes (plain
+  inversion, no retrieval). Defaults scaled to the configured L: ``l1 = round(L / 2)``, ``l2 = L - 3`` (the codes
+  of the finest resolution, as codes 9-11 of 12 are in the paper's 160 x 128 network): 6 and 9 for L = 12, 5 and 7
+  for L = 10.
+* **Map**: the normalised perceptual score of Zhang et al. (LPIPS without learned weights): each tap's features
+  unit-normalised over channels, squared differences summed over channels, upsampled bilinearly to the slice,
+  averaged over the ``map_layers`` taps; inside the brain mask (the reconstruction is masked by the slice's brain
+  mask first, so the brain outline itself is not a difference).
+* **Slice score**: the repository's shared patch ranking (``scoring.slice_scores``, Eq. 5 of the Patch-GAN paper)
+  of the map, i.e. 1.1 x the mean map value of the most anomalous brain patch + 1.0 x that of the next one, with
+  ``ranking.patch`` pixels per patch; the volume score is, as for every method, the highest eligible slice score.
+* **Perceptual network**: ImageNet VGG16 cannot be downloaded here. ``kind: vgg16`` takes a user's torchvision
+  VGG16 ``state_dict`` (checked key by key and shape by shape, read with ``weights_only=True``); the shipped default
+  ``kind: discriminator`` uses the feature trunk of the StyleGAN2 discriminator trained on the same healthy slices
+  (why: docs/scrps/choices.md, made by docs/scrps/scrps_choices.py). ``kind: encoder`` uses the encoder's trunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bundle import Bundle, load_state_file
+from ..errors import InputError
+from ..scoring import PatchRanking, slice_scores
+from .base import SliceResult
+from .common import load_module, smooth
+from .registry import register
+from .runtime import autocast_for
+from .stylegan2 import DiscriminatorBlock, EqualConv2d, Generator, StyleGAN2Config
+
+PERCEPTUAL_KINDS = ("discriminator", "vgg16", "encoder")
+RETRIEVALS = ("coarse-to-fine", "one-stage")
+INITS = ("encoder", "mean")
+
+
+def scaled_layers(num_ws: int) -> tuple[int, int]:
+    """The paper's L1 = 6 and L2 = 9 of L = 12, scaled to ``num_ws`` codes: (round(L / 2), L - 3)."""
+    return max(1, round(num_ws / 2)), max(0, num_ws - 3)
+
+
+def default_map_layers(kind: str, levels: int) -> tuple[int, ...]:
+    """Feature taps of the map: for the paper's VGG16 its last three blocks; for our trunks (one tap per generator
+    level: full, 1/2, 1/4, 1/8, 1/16 of an 80 x 64 slice at 2.4 mm) the taps whose cells are as large in millimetres
+    as the paper's (1/4, 1/8 and 1/16 of a 160 x 128 slice at about 1.2 mm): 1/2, 1/4 and 1/8 (those that exist)."""
+    return (2, 3, 4) if kind == "vgg16" else tuple(tap for tap in (1, 2, 3) if tap < levels) or (0,)
+
+
+def tap_count(config: "SCRPSConfig") -> int:
+    return len(VGG16_TAPS) if config.perceptual == "vgg16" else config.gan.levels
+
+
+@dataclass(frozen=True)
+class SCRPSConfig:
+    """Everything SCRPS needs besides its weights; stored in the model card."""
+
+    gan: StyleGAN2Config = field(default_factory=StyleGAN2Config)
+    perceptual: str = "discriminator"  # PERCEPTUAL_KINDS
+    map_layers: tuple[int, ...] | None = None  # None: default_map_layers(perceptual)
+    encoder_widths: tuple[int, ...] = (32, 64, 128, 128, 128)  # one per generator level
+    encoder_hidden: int = 512
+    lambda_mse: float = 10.0
+    init: str = "encoder"  # INITS
+    refine_steps: int = 20  # Eq. 1 steps after the encoder at test time
+    refine_lr: float = 0.01
+    k1: int = 100
+    k2: int = 20
+    l1: int | None = None  # None: scaled_layers(L)[0]
+    l2: int | None = None  # None: scaled_layers(L)[1]; 0: no swap
+    retrieval: str = "coarse-to-fine"  # RETRIEVALS
+    map_smoothing: int = 1  # box filter (px) of the map; 1: none
+    ranking: PatchRanking = PatchRanking(patch=16, stride=8)
+
+    def __post_init__(self) -> None:
+        L = self.gan.num_ws
+        if self.perceptual not in PERCEPTUAL_KINDS:
+            raise InputError(f"perceptual network must be one of {PERCEPTUAL_KINDS}, not {self.perceptual!r}")
+        if self.retrieval not in RETRIEVALS:
+            raise InputError(f"retrieval must be one of {RETRIEVALS}, not {self.retrieval!r}")
+        if self.init not in INITS:
+            raise InputError(f"init must be one of {INITS}, not {self.init!r}")
+        if not 1 <= self.layer1 < L:
+            raise InputError(f"L1 = {self.layer1} must lie in 1 .. {L - 1} for a generator with L = {L} codes")
+        if not 0 <= self.layer2 <= L:
+            raise InputError(f"L2 = {self.layer2} must lie in 0 .. {L} for a generator with L = {L} codes")
+        if self.k1 < 1 or self.k2 < 1 or self.k2 > self.k1:
+            raise InputError(f"need 1 <= K2 <= K1, not K1 = {self.k1}, K2 = {self.k2}")
+        if self.refine_steps < 0 or not self.refine_lr > 0 or not self.lambda_mse >= 0:
+            raise InputError("refine_steps must be >= 0, refine_lr > 0 and lambda_mse >= 0")
+        if not self.taps_for_map or not all(0 <= tap < tap_count(self) for tap in self.taps_for_map):
+            raise InputError(f"map layers {list(self.taps_for_map)} must be taps 0 .. {tap_count(self) - 1} of the "
+                             f"{self.perceptual} network")
+        if len(self.encoder_widths) != self.gan.levels:
+            raise InputError(f"the encoder needs one width per generator level ({self.gan.levels}), "
+                             f"not {len(self.encoder_widths)}")
+
+    @property
+    def layer1(self) -> int:
+        return scaled_layers(self.gan.num_ws)[0] if self.l1 is None else self.l1
+
+    @property
+    def layer2(self) -> int:
+        return scaled_layers(self.gan.num_ws)[1] if self.l2 is None else self.l2
+
+    @property
+    def taps_for_map(self) -> tuple[int, ...]:
+        return default_map_layers(self.perceptual, self.gan.levels) if self.map_layers is None \
+            else tuple(self.map_layers)
+
+    @property
+    def inversion_key(self) -> str:
+        """What the codes of an inverted slice depend on (besides the weights): the inversion cache's key."""
+        return f"{self.perceptual}|{self.init}|{self.refine_lr}|{self.lambda_mse}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(gan=self.gan.to_dict(), ranking=self.ranking.to_dict(), encoder_widths=list(self.encoder_widths),
+                    map_layers=list(self.taps_for_map), l1=self.layer1, l2=self.layer2)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SCRPSConfig":
+        data = dict(data)
+        data["gan"] = StyleGAN2Config.from_dict(data["gan"])
+        data["ranking"] = PatchRanking.from_dict(data["ranking"])
+        data["encoder_widths"] = tuple(data["encoder_widths"])
+        if data.get("map_layers") is not None:
+            data["map_layers"] = tuple(data["map_layers"])
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------- perceptual networks
+
+class DiscriminatorFeatures(nn.Module):
+    """The StyleGAN2 discriminator's feature trunk (from-grey and the residual blocks, the same parameter names as
+    :class:`~.stylegan2.Discriminator`, so its state dict loads as is). Taps: the from-grey output at full
+    resolution, then each block's output (1/2, 1/4, ...)."""
+
+    def __init__(self, config: StyleGAN2Config) -> None:
+        super().__init__()
+        ch = config.channels
+        self.from_grey = EqualConv2d(1, ch[-1], 1)
+        self.blocks = nn.Sequential(*(DiscriminatorBlock(ch[level], ch[level - 1])
+                                      for level in range(config.levels - 1, 0, -1)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = [self.from_grey(x)]
+        for block in self.blocks:
+            taps.append(block(taps[-1]))
+        return taps
+
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+VGG16_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
+VGG16_CLASSIFIER = {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
+                    "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
+                    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class VGG16Features(nn.Module):
+    """torchvision's ``vgg16().features`` (same module indices, so its state dict keys ``features.N.*`` load), up to
+    relu5_3. A grey slice (our units: background 0, brain median 0.5) is divided by 1.5, copied to three channels
+    and normalised with the ImageNet mean and standard deviation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=False)]
+                channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = ((x / 1.5).expand(-1, 3, -1, -1) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        taps = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in VGG16_TAPS:
+                taps.append(x)
+        return taps
+
+
+def load_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
+    """The ``features.*`` tensors of a torchvision VGG16 ``state_dict`` file (the whole model's, or its features
+    alone), read without unpickling objects; an InputError names any missing, unexpected or misshapen key."""
+    state = load_state_file(Path(path))
+    expected = {k: tuple(v.shape) for k, v in VGG16Features().state_dict().items()}
+    allowed = {**expected, **VGG16_CLASSIFIER}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(allowed))
+    if missing or unexpected:
+        raise InputError(f"{path} is not a torchvision VGG16 state_dict: "
+                         + "; ".join(part for part in (
+                             f"missing keys {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+                             if missing else "",
+                             f"unexpected keys {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"
+                             if unexpected else "") if part))
+    wrong = [f"{k} is {tuple(v.shape)}, VGG16 has {allowed[k]}" for k, v in state.items()
+             if tuple(v.shape) != tuple(allowed[k])]
+    if wrong:
+        raise InputError(f"{path} is not a torchvision VGG16 state_dict: {'; '.join(wrong[:3])}")
+    bad = [k for k in expected if not torch.isfinite(state[k].float()).all()]
+    if bad:
+        raise InputError(f"{path}: VGG16 weights {', '.join(bad[:3])} hold NaN or infinite values")
+    return {k: state[k].float() for k in expected}
+
+
+# ----------------------------------------------------------------------------------------------------------- encoder
+
+class LatentEncoder(nn.Module):
+    """Amortised inversion: slice (B, 1, H, W) -> W+ codes (B, L, w_dim) = ``w_mean`` + a predicted offset per code.
+    A plain convolutional trunk (one level per generator level, stride-2 between levels) down to the generator's
+    start size, then two fully connected layers; the last starts at zero, so an untrained encoder gives the mean w."""
+
+    def __init__(self, config: StyleGAN2Config, widths: tuple[int, ...], hidden: int) -> None:
+        super().__init__()
+        if len(widths) != config.levels:
+            raise InputError(f"the encoder needs {config.levels} widths, not {len(widths)}")
+        self.num_ws, self.w_dim = config.num_ws, config.w_dim
+        stages = [nn.Sequential(nn.Conv2d(1, widths[0], 3, padding=1), nn.LeakyReLU(0.2),
+                                nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.LeakyReLU(0.2))]
+        for level in range(1, config.levels):
+            stages.append(nn.Sequential(nn.Conv2d(widths[level - 1], widths[level], 3, stride=2, padding=1),
+                                        nn.LeakyReLU(0.2), nn.Conv2d(widths[level], widths[level], 3, padding=1),
+                                        nn.LeakyReLU(0.2)))
+        self.stages = nn.ModuleList(stages)
+        start = config.start_size
+        self.head = nn.Sequential(nn.Linear(widths[-1] * start[0] * start[1], hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, self.num_ws * self.w_dim))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.register_buffer("w_mean", torch.zeros(self.num_ws, self.w_dim))
+
+    def trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        for stage in self.stages:
+            x = stage(x)
+            taps.append(x)
+        return taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offsets = self.head(self.trunk(x)[-1].flatten(1).float()).view(-1, self.num_ws, self.w_dim)
+        return self.w_mean + offsets
+
+
+class EncoderFeatures(nn.Module):
+    """The encoder's trunk as a perceptual network (``kind: encoder``); taps at full, 1/2, 1/4, ... resolution."""
+
+    def __init__(self, config: StyleGAN2Config, widths: tuple[int, ...], hidden: int) -> None:
+        super().__init__()
+        self.stages = LatentEncoder(config, widths, hidden).stages
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        for stage in self.stages:
+            x = stage(x)
+            taps.append(x)
+        return taps
+
+
+def perceptual_network(config: SCRPSConfig) -> nn.Module:
+    if config.perceptual == "vgg16":
+        return VGG16Features()
+    if config.perceptual == "encoder":
+        return EncoderFeatures(config.gan, config.encoder_widths, config.encoder_hidden)
+    return DiscriminatorFeatures(config.gan)
+
+
+# ------------------------------------------------------------------------------------------- Eq. 1, Eq. 2, the map
+
+def normalised(tap: torch.Tensor) -> torch.Tensor:
+    """Features unit-normalised over channels at each pixel, as in the LPIPS distance of Zhang et al. [31]."""
+    return F.normalize(tap.float(), dim=1, eps=1e-8)
+
+
+def perceptual_loss(taps_a: list[torch.Tensor], taps_b: list[torch.Tensor]) -> torch.Tensor:
+    """Eq. 2 per slice, (B,): sum over taps of ||F_j(a) - F_j(b)||^2 / N_j (N_j: the tap's pixel count), with the
+    features of [31] (the paper's reference for this loss): unit-normalised over channels. Each term then lies in
+    [0, 4] whatever the network, which is what gives lambda_mse = 10 the same meaning for every perceptual network
+    (raw discriminator features made the pixel term 1 % of the loss)."""
+    total = 0.0
+    for a, b in zip(taps_a, taps_b):
+        total = total + (normalised(a) - normalised(b)).square().sum(dim=1).mean(dim=(1, 2))
+    return total
+
+
+def inversion_loss(features: nn.Module, target_taps: list[torch.Tensor], x: torch.Tensor, image: torch.Tensor,
+                   lambda_mse: float) -> torch.Tensor:
+    """Eq. 1 per slice, (B,): perceptual loss + lambda_mse / N x squared pixel error."""
+    return (perceptual_loss(features(image), target_taps)
+            + lambda_mse * (image.float() - x).square().mean(dim=(1, 2, 3)))
+
+
+def invert(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tensor, steps: int, lr: float,
+           lambda_mse: float, snapshots: tuple[int, ...] = (), autocast=None) -> dict[int, torch.Tensor]:
+    """Optimise the W+ codes of the (B, 1, H, W) slices ``x`` from ``start`` (B, L, w_dim) for ``steps`` Adam steps
+    of Eq. 1 (constant ``lr``), all slices at once. Returns {step: codes} for ``steps`` and every step of
+    ``snapshots`` up to it. A non-finite loss or code is an InputError (the inversion diverged)."""
+    autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    kept: dict[int, torch.Tensor] = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().float()
+        ws = start.detach().clone().float().requires_grad_(True)
+        with torch.no_grad(), autocast():
+            target = [t.float() for t in features(x)]
+        optimiser = torch.optim.Adam([ws], lr=lr, betas=(0.9, 0.999))
+        for step in range(steps + 1):
+            if step in snapshots or step == steps:
+                kept[step] = ws.detach().clone()
+            if step == steps:
+                break
+            with autocast():
+                loss = inversion_loss(features, target, x, G.synthesis(ws), lambda_mse)
+            if not torch.isfinite(loss).all():
+                raise InputError(f"SCRPS inversion diverged: the Eq. 1 loss is not finite at step {step} "
+                                 f"(learning rate {lr:g}); nothing was written")
+            optimiser.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            try:
+                optimiser.step()
+            except RuntimeError as error:  # e.g. a step size beyond float range
+                raise InputError(f"SCRPS inversion diverged at step {step}: {str(error).splitlines()[0][:120]}; "
+                                 "nothing was written") from None
+    final = kept[steps]
+    if not torch.isfinite(final).all():
+        raise InputError("SCRPS inversion diverged: the W+ codes are not finite; nothing was written")
+    return kept
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, K) cosine similarities of the rows of (B, n) ``a`` and (K, n) ``b``."""
+    return F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).t()
+
+
+@dataclass
+class Retrieved:
+    """The retrieved repository items of each slice: indices (B, K2), weights (B, K2), combined codes (B, L, D)."""
+
+    index: torch.Tensor
+    weights: torch.Tensor
+    codes: torch.Tensor
+
+
+def retrieve(codes: torch.Tensor, repository: torch.Tensor, k1: int, k2: int, l1: int,
+             retrieval: str = "coarse-to-fine") -> Retrieved:
+    """Eqs. 3-4 and the weighted combination, batched over (B, L, D) ``codes`` against (K, L, D) ``repository``.
+
+    coarse-to-fine: the top ``k1`` items by the cosine similarity of the first ``l1`` codes, among them the top
+    ``k2`` by the similarity of the rest; one-stage: the top ``k2`` by the similarity of all L codes. Weights: the
+    (fine) similarities of the chosen items over their sum (negative similarities count as 0; if all are 0, equal
+    weights)."""
+    count = repository.shape[0]
+    k1, k2 = min(k1, count), min(k2, k1, count)
+    flat = lambda t, part: t[:, part].flatten(1)  # noqa: E731
+    if retrieval == "one-stage":
+        similarity = cosine(codes.flatten(1), repository.flatten(1))
+        top, index = similarity.topk(k2, dim=1)
+    else:
+        coarse = cosine(flat(codes, slice(0, l1)), flat(repository, slice(0, l1)))
+        candidates = coarse.topk(k1, dim=1).indices  # (B, k1): the set P of Eq. 3
+        fine = cosine(flat(codes, slice(l1, None)), flat(repository, slice(l1, None)))
+        top, chosen = fine.gather(1, candidates).topk(k2, dim=1)  # Eq. 4 within P
+        index = candidates.gather(1, chosen)
+    top = top.clamp_min(0)
+    total = top.sum(dim=1, keepdim=True)
+    weights = torch.where(total > 0, top / total.clamp_min(1e-12), torch.full_like(top, 1.0 / k2))
+    combined = (weights[:, :, None, None] * repository[index].float()).sum(dim=1)
+    return Retrieved(index=index, weights=weights, codes=combined)
+
+
+def swap(codes: torch.Tensor, combined: torch.Tensor, l2: int) -> torch.Tensor:
+    """Eq. 5: the first ``l2`` codes of the test slice, the rest from the combination."""
+    return torch.cat([codes[:, :l2], combined[:, l2:]], dim=1)
+
+
+def perceptual_map(taps_a: list[torch.Tensor], taps_b: list[torch.Tensor], layers: tuple[int, ...],
+                   size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) normalised perceptual score: per tap, features unit-normalised over channels, squared difference
+    summed over channels, upsampled (bilinear) to ``size``; the mean over ``layers``."""
+    total = 0.0
+    for layer in layers:
+        distance = (normalised(taps_a[layer]) - normalised(taps_b[layer])).square().sum(dim=1, keepdim=True)
+        total = total + F.interpolate(distance, size=size, mode="bilinear", align_corners=False)
+    return (total / len(layers))[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------------- the method
+
+class InversionCache:
+    """Codes of slices already inverted, by (slice content, inversion settings, steps): lets the ablations and the
+    steps study re-use one inversion per slice (``method.inversion_cache = InversionCache()``). Each inversion also
+    keeps the codes at ``snapshots`` steps on the way (exact, as the learning rate is constant)."""
+
+    def __init__(self, snapshots: tuple[int, ...] = (0, 5, 10, 20, 50, 100)) -> None:
+        self.snapshots = snapshots
+        self.codes: dict[tuple[str, str, int], torch.Tensor] = {}
+
+    @staticmethod
+    def key(slice_: torch.Tensor) -> str:
+        return hashlib.sha1(slice_.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+@register
+class SCRPS:
+    """SCRPS behind the method interface (see the module docstring)."""
+
+    name: ClassVar[str] = "scrps"
+    weights: ClassVar[tuple[str, ...]] = ("generator", "encoder", "perceptual", "repository")
+    # The paper's Fig. 3 ablations, for a generator with L = 10 codes (REDUCED; l1 = 5, l2 = 7 by default); K1 = 5 K2
+    # when K2 varies, as in the paper.
+    ablations: ClassVar[dict[str, dict]] = {
+        "K2=5": {"k1": 25, "k2": 5}, "K2=10": {"k1": 50, "k2": 10},
+        "L2=3": {"l2": 3}, "L2=5": {"l2": 5}, "L2=9": {"l2": 9},
+        "swap off": {"l2": 0}, "no retrieval": {"l2": 10},
+        "one-stage retrieval": {"retrieval": "one-stage"},
+        "0 steps": {"refine_steps": 0}, "5 steps": {"refine_steps": 5}, "50 steps": {"refine_steps": 50},
+    }
+    map_normalisation: ClassVar[str] = "none"
+
+    def __init__(self, config: SCRPSConfig, generator: Generator, encoder: LatentEncoder, features: nn.Module,
+                 repository: torch.Tensor, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.G = generator.to(device).eval().requires_grad_(False)
+        self.encoder = encoder.to(device).eval().requires_grad_(False)
+        self.features = features.to(device).eval().requires_grad_(False)
+        self.repository = check_repository(repository, config.gan).to(device)
+        self.inversion_cache: InversionCache | None = None
+        # The network the map is made with, when a study compares others than the inversion's (docs/scrps).
+        self.map_features: nn.Module | None = None
+        self._mean_w: torch.Tensor | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: torch.device) -> "SCRPS":
+        config = SCRPSConfig.from_dict(bundle.card.hyperparameters)
+        generator = load_module(Generator(config.gan), bundle, "generator")
+        encoder = load_module(LatentEncoder(config.gan, config.encoder_widths, config.encoder_hidden), bundle,
+                              "encoder")
+        features = load_module(perceptual_network(config), bundle, "perceptual")
+        repository = (bundle.state_dict or {}).get("repository.codes")
+        if repository is None:
+            raise InputError(f"model {bundle.card.name} has no latent repository (repository.codes) in its weights")
+        return cls(config, generator, encoder, features, repository, device)
+
+    def autocast(self):
+        return autocast_for(self.device)
+
+    def start_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Where the inversion starts: the encoder's codes, or the mean w (the paper)."""
+        if self.config.init == "encoder":
+            with torch.no_grad(), self.autocast():
+                return self.encoder(x).float()
+        if self._mean_w is None:
+            self._mean_w = self.G.mean_w().float()
+        return self._mean_w.unsqueeze(0).expand(x.shape[0], -1, -1)
+
+    def invert(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """W+ codes (B, L, D) of the (B, 1, H, W) slices, through the inversion cache when one is set."""
+        steps = self.config.refine_steps if steps is None else steps
+        cache = self.inversion_cache
+        if cache is None:
+            return self._invert(x, steps, ())[steps]
+        keys = [(InversionCache.key(s), self.config.inversion_key, steps) for s in x]
+        todo = [i for i, key in enumerate(keys) if key not in cache.codes]
+        if todo:
+            kept = self._invert(x[todo], steps, tuple(s for s in cache.snapshots if s < steps))
+            for j, i in enumerate(todo):
+                for step, codes in kept.items():
+                    cache.codes[(keys[i][0], keys[i][1], step)] = codes[j].cpu()
+        return torch.stack([cache.codes[key] for key in keys]).to(self.device)
+
+    def _invert(self, x: torch.Tensor, steps: int, snapshots: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        return invert(self.G, self.features, x, self.start_codes(x), steps, self.config.refine_lr,
+                      self.config.lambda_mse, snapshots, self.autocast)
+
+    def reconstruct(self, codes: torch.Tensor) -> tuple[torch.Tensor, Retrieved]:
+        """The pseudo-healthy image G(swapped codes), (B, 1, H, W), and what was retrieved."""
+        cfg = self.config
+        found = retrieve(codes, self.repository, cfg.k1, cfg.k2, cfg.layer1, cfg.retrieval)
+        with torch.no_grad(), self.autocast():
+            image = self.G.synthesis(swap(codes, found.codes, cfg.layer2)).float()
+        return image, found
+
+    def anomaly_map(self, x: torch.Tensor, image: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) perceptual map of slices ``x`` against their pseudo-healthy ``image``, inside ``brain``."""
+        features = self.map_features if self.map_features is not None else self.features
+        with torch.no_grad(), self.autocast():
+            taps_x, taps_r = features(x), features(image)
+        maps = perceptual_map(taps_x, taps_r, self.config.taps_for_map, tuple(x.shape[-2:]))
+        return smooth(maps * brain, brain, self.config.map_smoothing)
+
+    def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
+        x = slices.to(self.device, torch.float32).unsqueeze(1)
+        if not torch.isfinite(x).all():
+            raise InputError("SCRPS: the slices hold NaN or infinite values")
+        brain = mask.to(self.device, torch.float32)
+        image, _ = self.reconstruct(self.invert(x))
+        maps = self.anomaly_map(x, image * brain.unsqueeze(1), brain)
+        if not torch.isfinite(maps).all():
+            raise InputError("SCRPS: the anomaly map is not finite (the reconstruction diverged); nothing was written")
+        scores = slice_scores(maps.clamp_min(0).sqrt(), brain, self.config.ranking)
+        return SliceResult(maps=maps.cpu(), scores=scores.cpu())
+
+
+def check_repository(codes: torch.Tensor, gan: StyleGAN2Config) -> torch.Tensor:
+    """The repository as float32 (K, L, w_dim), or an InputError saying how it does not match the generator."""
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 3:
+        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise InputError(f"latent repository must be a (K, L, w_dim) tensor, not {shape}")
+    if codes.shape[0] < 1:
+        raise InputError("latent repository is empty")
+    if tuple(codes.shape[1:]) != (gan.num_ws, gan.w_dim):
+        raise InputError(f"latent repository holds {codes.shape[1]} x {codes.shape[2]} codes, but the generator "
+                         f"takes L = {gan.num_ws} codes of w_dim = {gan.w_dim}: it belongs to another generator")
+    if not torch.isfinite(codes.float()).all():
+        raise InputError("latent repository holds NaN or infinite codes")
+    return codes.float()
+
+
+def with_settings(config: SCRPSConfig, **changes) -> SCRPSConfig:
+    """``config`` with ``changes`` (validated again)."""
+    return replace(config, **changes)
+
+
+__all__ = ["SCRPS", "SCRPSConfig", "DiscriminatorFeatures", "VGG16Features", "LatentEncoder", "EncoderFeatures",
+           "InversionCache", "Retrieved", "check_repository", "cosine", "invert", "inversion_loss",
+           "load_vgg16_state", "perceptual_loss", "perceptual_map", "perceptual_network", "retrieve",
+           "scaled_layers", "swap", "with_settings"]
