@@ -85,8 +85,12 @@ compare() {
 }
 
 bench() {
-    for model in patchgan-flair patchgan-t1 pathoscope-flair dae-flair; do
-        python -m training bench --model $model --device cpu --update-card
+    # every model with one thread, the network-heavy ones also with both cores (each figure a card entry)
+    for model in $FLAIR_MODELS $T1_MODELS; do
+        OMP_NUM_THREADS=1 python -m training bench --model $model --device cpu --update-card
+    done
+    for model in patchgan-flair patchgan-flair-paper patchgan-t1 pathoscope-flair dae-flair; do
+        OMP_NUM_THREADS=2 python -m training bench --model $model --device cpu --update-card
     done
 }
 
@@ -117,7 +121,7 @@ scrps() {
     # the paper's Table 1 and Fig. 3 on ixi_t1 test + mslub T1 test, beside the other T1 models
     python docs/scrps/scrps_table.py --model $MODELS/scrps-t1 --baselines patchgan-t1 intensity-t1 \
         --data-root "$DATA" --out docs/scrps --steps 0 5 10 20 --update-card
-    python -m training bench --model scrps-t1 --device cpu --update-card
+    OMP_NUM_THREADS=2 python -m training bench --model scrps-t1 --device cpu --update-card
 }
 
 for stage in $STAGES; do

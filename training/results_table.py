@@ -15,6 +15,8 @@ def markdown_table() -> str:
             "|---|---|" + "---|" * len(COLUMNS)]
     for card in list_bundled_models():
         for key, metrics in sorted(card.metrics.items()):
+            if "cases" not in metrics:  # a metric across splits (SCRPS's volume AUROC) is not a split's row
+                continue
             cells = ["–" if metrics.get(name) is None else f"{metrics[name]:.3f}" for name, _ in COLUMNS]
             rows.append(f"| {card.name} | {key} ({metrics['cases']} cases) | {' | '.join(cells)} |")
     return "\n".join(rows)

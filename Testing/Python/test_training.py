@@ -129,3 +129,16 @@ def test_configure_changes_inference_settings_and_records_them(tiny_bundle_dir, 
     assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=4"]) == 1  # even sizes only
     assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "no_such=1"]) == 1
     assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=5", "--out", str(out)]) == 1
+
+
+def test_results_table_has_a_row_per_split_and_skips_metrics_across_splits(monkeypatch):
+    from types import SimpleNamespace
+
+    from training import results_table
+    card = SimpleNamespace(name="m", metrics={
+        "mslub/test": {"cases": 3, "slice_auroc": 0.7032, "best_dice": 0.175, "healthy_fpr_at_threshold": None},
+        "volume_auroc ixi_t1/test vs mslub/test": {"auroc": 1.0}})
+    monkeypatch.setattr(results_table, "list_bundled_models", lambda: [card])
+    rows = results_table.markdown_table().splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| m | mslub/test (3 cases) | 0.703 | – |")
+    assert rows[2].split(" | ")[6] == "0.175" and rows[2].endswith("| – |")
