@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,10 +85,20 @@ def adam(module: nn.Module, settings: FitSettings) -> torch.optim.Adam:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename, so a killed run never leaves a truncated checkpoint."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    """``torch.save`` into a temporary file in the same folder, flushed to disk, then renamed over ``path``: a killed
+    run or a full disk never leaves a truncated checkpoint (the temporary file is removed on failure)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet, world: World) -> str:

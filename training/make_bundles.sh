@@ -115,7 +115,7 @@ scrps() {
     python -m training export --run runs/scrps-t1-detector --name scrps-t1 --out $MODELS/scrps-t1
     # choices on ixi_t1 val with implanted T1 lesions (docs/scrps/choices.md), then the chosen settings
     python docs/scrps/scrps_choices.py --model $MODELS/scrps-t1 --data cache/ixi_t1_val_80x64.npz --out docs/scrps \
-        --per-case 8
+        --per-case 8 --threads 2
     python -m training configure --model scrps-t1 --set refine_steps=0  # the encoder alone held the val quality
     python -m training calibrate --model scrps-t1 --dataset "$DATA/ixi_t1" --split val --device cpu
     # the paper's Table 1 and Fig. 3 on ixi_t1 test + mslub T1 test, beside the other T1 models

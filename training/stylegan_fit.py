@@ -17,9 +17,7 @@ import contextlib
 import copy
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.methods.stylegan2 import CONFIGS, Discriminator, Generator, StyleGAN2Config
 
+from .loop import save_checkpoint as write_atomically
 from .slice_set import SliceSet
 
 CHECKPOINT = "checkpoint.pt"
@@ -212,24 +211,12 @@ def _identity(config: StyleGAN2Config, settings: GANSettings) -> dict:
 
 
 def save_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Write the trainer's state to ``path`` atomically (a temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    state = {**_identity(trainer.config, trainer.settings),
-             "G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "G_ema": trainer.G_ema.state_dict(),
-             "opt_G": trainer.opt_G.state_dict(), "opt_D": trainer.opt_D.state_dict(),
-             "generator": trainer.generator.get_state(), "iteration": trainer.iteration,
-             "seconds": trainer.seconds, "history": json.dumps(trainer.history)}
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write the trainer's state to ``path`` atomically (``training.loop.save_checkpoint``)."""
+    write_atomically({**_identity(trainer.config, trainer.settings),
+                      "G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "G_ema": trainer.G_ema.state_dict(),
+                      "opt_G": trainer.opt_G.state_dict(), "opt_D": trainer.opt_D.state_dict(),
+                      "generator": trainer.generator.get_state(), "iteration": trainer.iteration,
+                      "seconds": trainer.seconds, "history": json.dumps(trainer.history)}, path)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu", settings: GANSettings | None = None

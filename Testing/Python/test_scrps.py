@@ -16,7 +16,7 @@ from MedicalAnomalyDetectionLib.bundle import load_bundle, save_bundle
 from MedicalAnomalyDetectionLib.cli import main as detect_main
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect
-from MedicalAnomalyDetectionLib.methods import build_method, method_class
+from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
 from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, InversionCache, SCRPSConfig,
                                                       VGG16Features, invert, inversion_loss, load_vgg16_state,
                                                       perceptual_map, retrieve, scaled_layers, swap)
@@ -200,8 +200,11 @@ def test_fit_export_calibrate_detect_end_to_end(tiny_run, tmp_path):
 
 def test_rerunning_the_fit_resumes_finished_stages_and_refuses_other_settings(tiny_run):
     run = tiny_run["run"]
+    stages = [run / "gan" / "checkpoint.pt", run / "encoder.pt", run / "repository.pt"]
+    written = [path.stat().st_mtime_ns for path in stages]
     encoder_before = torch.load(run / "encoder.pt", weights_only=True)["encoder"]
     assert main(["fit", "--method", "scrps", "--data", str(tiny_run["cache"]), "--run-dir", str(run), *TINY_FIT]) == 0
+    assert [path.stat().st_mtime_ns for path in stages] == written  # finished stages are read, not redone
     after = torch.load(run / "checkpoint.pt", weights_only=True)["modules"]["encoder"]
     assert all(torch.equal(encoder_before[k], after[k]) for k in encoder_before)
     changed = list(TINY_FIT)
@@ -254,9 +257,25 @@ def test_inversion_cache_reuses_codes_across_ablations(tiny_run):
     variant = SCRPS.from_bundle(bundle, torch.device("cpu"))
     variant.config = SCRPSConfig.from_dict({**bundle.card.hyperparameters, "refine_steps": 1})
     variant.inversion_cache = cache
-    variant.score(slices, mask)
+    cached = variant.score(slices, mask)
     assert len(cache.codes) == 9  # served from the snapshots
     torch.testing.assert_close(method.score(slices, mask).maps, first.maps)
+    uncached = SCRPS.from_bundle(bundle, torch.device("cpu"))
+    uncached.config = variant.config
+    torch.testing.assert_close(uncached.score(slices, mask).maps, cached.maps)  # a snapshot = a shorter run
+
+
+def test_every_ablation_builds_and_scores_on_a_generator_of_six_codes(tiny_run):
+    bundle = load_bundle(tiny_run["bundle"])
+    assert TINY.num_ws == 6
+    slices, mask = torch.rand(2, 20, 16), torch.ones(2, 20, 16, dtype=torch.bool)
+    maps = {}
+    for name, change in SCRPS.ablations.items():
+        maps[name] = build_method(with_overrides(bundle, change), torch.device("cpu")).score(slices, mask).maps
+        assert torch.isfinite(maps[name]).all(), name
+    plain = build_method(with_overrides(bundle, {"l2": TINY.num_ws}), torch.device("cpu")).score(slices, mask).maps
+    torch.testing.assert_close(maps["no retrieval (plain inversion)"], plain)  # keeping every own code = no swap
+    assert not torch.allclose(maps["L2=0 (swap off)"], plain)
 
 
 def test_slicer_logic_runs_scrps_on_a_real_scene(tiny_run):

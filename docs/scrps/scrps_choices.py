@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -97,7 +98,7 @@ def score_all(method, x: torch.Tensor, mask: torch.Tensor, residual: bool = Fals
         if residual:  # no network: the squared pixel residual
             image, _ = method.reconstruct(method.invert(xb.unsqueeze(1)))
             brain = mb.float()
-            m = smooth((xb - image[:, 0] * brain).square() * brain, brain, 3)
+            m = smooth((xb - image[:, 0] * brain).square() * brain, brain, method.config.map_smoothing)
             s = slice_scores(m.sqrt(), brain, method.config.ranking)
         else:
             result = method.score(xb, mb)
@@ -206,14 +207,15 @@ def main() -> None:
     variants = {"K1=100, K2=20 (default)": {}, "K1=25, K2=5": {"k1": 25, "k2": 5}, "K1=50, K2=10": {"k1": 50, "k2": 10},
                 "one-stage, K2=20": {"retrieval": "one-stage"}}
     variants.update({f"L2={l2}" + (" (swap off)" if l2 == 0 else " (no retrieval)" if l2 == base.gan.num_ws else "")
-                     : {"l2": l2} for l2 in (0, 3, 5, 9, base.gan.num_ws)})
+                     : {"l2": l2} for l2 in (0, 3, 5, base.gan.num_ws - 1, base.gan.num_ws)})
     for name, change in variants.items():
         run(name, "retrieval", replace(chosen, **change))
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "choices.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# SCRPS choices on validation data\n\nMade by `python docs/scrps/scrps_choices.py --model {args.model} "
-             f"--data {args.data}` ({results['seconds']:.0f} s, {args.threads} thread). {results['data']}.\n"]
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    lines = [f"# SCRPS choices on validation data\n\nMade by `{command}` ({results['seconds']:.0f} s, "
+             f"{args.threads} threads). {results['data']}.\n"]
     for group, title in (("steps", "Refinement steps after the encoder"), ("map", f"Map network (at {holding[0]} steps)"),
                          ("score", f"Slice score (at {holding[0]} steps)"),
                          ("retrieval", f"Retrieval and swap (at {holding[0]} steps; reported, not chosen)")):

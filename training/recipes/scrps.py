@@ -11,9 +11,10 @@ encoder for amortised inversion, and the healthy latent repository, in three sta
 3. **Repository**: ``--repository-slices`` training slices drawn with the seed, each inverted by Eq. 1 from the
    encoder's codes for ``--repository-steps`` steps (the same procedure as test slices, with more steps).
 
-Each stage keeps its state in the run folder (``encoder.pt``, ``repository.pt``, saved every few hundred steps with
-``training.loop.save_checkpoint``), so running the same command again resumes where a killed run stopped and skips
-finished stages; another command on the same folder is refused. The run ends with ``checkpoint.pt`` holding the
+Each stage keeps its state in the run folder (``gan/checkpoint.pt`` every 500 iterations, ``encoder.pt`` every 250
+steps, ``repository.pt`` after every batch), so running the same command again resumes where a killed run stopped
+and skips finished stages; another command on the same folder is refused (the data are recognised by their slice
+count only). The run ends with ``checkpoint.pt`` holding the
 modules a bundle takes (generator, encoder, perceptual network, repository) and ``run.json``.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -118,7 +118,7 @@ def train_gan(args: argparse.Namespace, data: SliceSet, run_dir: Path, device: t
     if trainer.config != config:
         raise InputError(f"{gan_dir} holds another network than --gan-config {args.gan_config}")
     if trainer.iteration < args.gan_iterations:
-        stylegan_fit.fit(trainer, data, gan_dir, args.gan_iterations, checkpoint_every=max(1, args.gan_iterations),
+        stylegan_fit.fit(trainer, data, gan_dir, args.gan_iterations, checkpoint_every=min(500, args.gan_iterations),
                          progress=False)
         record = stylegan_fit.run_record(trainer, data, args.data, torch.get_num_threads(), ["(scrps recipe)"])
         (gan_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -249,7 +249,7 @@ def build_repository(gan: GAN, features: torch.nn.Module, encoder: LatentEncoder
         with torch.no_grad(), autocast():
             start = encoder(x).float()
         found = invert(gan.generator, features, x, start, settings.steps, config.refine_lr, config.lambda_mse,
-                       autocast=autocast)[settings.steps]
+                       autocast=lambda: autocast_for(device, training=True))[settings.steps]
         with torch.no_grad(), autocast():
             target = [t.float() for t in features(x)]
             final = inversion_loss(features, target, x, gan.generator.synthesis(found), config.lambda_mse)

@@ -12,15 +12,17 @@ What follows the paper, and what we chose where it is silent or where this machi
   paper starts at the mean w and runs 2,000 steps (lr 0.01). We start from a trained **encoder** (amortised
   inversion, image -> W+, :class:`LatentEncoder`) and refine for ``refine_steps`` steps; ``init: mean`` gives the
   paper's start. Slices are inverted all at once: the loss is a sum over slices and Adam works per
-  coordinate, so a batch gives exactly the codes each slice would get alone. Constant learning rate, so a run of S
-  steps passes through the codes of every shorter run (the steps-versus-quality study records snapshots).
-* **Repository**: codes of healthy training slices, inverted the same way as test slices (encoder + more steps), so
-  that test and repository codes come from one procedure (the paper names the shift between them as a source of
-  false positives). Stored in the bundle as ``repository.codes`` (K, L, w_dim).
+  coordinate, so a batch gives the codes each slice would get alone (up to floating-point rounding). Constant
+  learning rate, so a run of S steps passes through the codes of every shorter run (the steps-versus-quality study
+  records snapshots). Inversion runs under the training autocast (bf16 or fp32, never fp16 without loss scaling).
+* **Repository**: codes of healthy training slices, inverted from the encoder's codes like test slices, with the
+  recipe's ``--repository-steps`` Eq. 1 steps (the bundled one: 10; its test slices get ``refine_steps`` = 0, chosen
+  on validation data after the repository was built). Stored in the bundle as ``repository.codes`` (K, L, w_dim).
 * **Retrieval** (Eqs. 3-4): cosine similarity of the flattened first ``l1`` codes -> top ``k1`` candidates; cosine
   similarity of the remaining codes among those -> top ``k2``; weights = those fine similarities divided by their
   sum (the equation after Eq. 4; similarities below 0 count as 0). ``retrieval: one-stage`` is the Fig. 3a ablation
-  (top ``k2`` by the similarity of the whole code). K1 and K2 are capped at the repository size.
+  (top ``k2`` by the similarity of the whole code); ``retrieval: none`` reconstructs the slice from its own codes
+  (plain inversion, the "no retrieval" ablation). K1 and K2 are capped at the repository size.
 * **Swap** (Eq. 5): codes ``0 .. l2-1`` from the test slice, ``l2 .. L-1`` from the combination. ``l2 = 0`` is "no
   swap" (the paper's Fig. 3b L2 = 0: the image of the combination alone), ``l2 = L`` keeps the test codes (plain
   inversion, no retrieval). Defaults scaled to the configured L: ``l1 = round(L / 2)``, ``l2 = L - 3`` (the codes
@@ -42,7 +44,7 @@ What follows the paper, and what we chose where it is silent or where this machi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -60,7 +62,7 @@ from .runtime import autocast_for
 from .stylegan2 import DiscriminatorBlock, EqualConv2d, Generator, StyleGAN2Config
 
 PERCEPTUAL_KINDS = ("discriminator", "vgg16", "encoder")
-RETRIEVALS = ("coarse-to-fine", "one-stage")
+RETRIEVALS = ("coarse-to-fine", "one-stage", "none")
 INITS = ("encoder", "mean")
 
 
@@ -334,6 +336,18 @@ def invert(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tens
     of Eq. 1 (constant ``lr``), all slices at once. Returns {step: codes} for ``steps`` and every step of
     ``snapshots`` up to it. A non-finite loss or code is an InputError (the inversion diverged)."""
     autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    kept: dict[int, torch.Tensor] = {0: start.detach().clone().float()}
+    if steps > 0:  # at 0 steps the start is the answer, without a perceptual pass
+        kept.update(_adam_steps(G, features, x, kept[0], steps, lr, lambda_mse, snapshots, autocast))
+    final = kept[steps]
+    if not torch.isfinite(final).all():
+        raise InputError("SCRPS inversion diverged: the W+ codes are not finite; nothing was written")
+    return kept
+
+
+def _adam_steps(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tensor, steps: int, lr: float,
+                lambda_mse: float, snapshots: tuple[int, ...], autocast) -> dict[int, torch.Tensor]:
+    """The codes after ``steps`` Adam steps of Eq. 1 from ``start``, and at each step of ``snapshots`` below it."""
     kept: dict[int, torch.Tensor] = {}
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().float()
@@ -358,9 +372,6 @@ def invert(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tens
             except RuntimeError as error:  # e.g. a step size beyond float range
                 raise InputError(f"SCRPS inversion diverged at step {step}: {str(error).splitlines()[0][:120]}; "
                                  "nothing was written") from None
-    final = kept[steps]
-    if not torch.isfinite(final).all():
-        raise InputError("SCRPS inversion diverged: the W+ codes are not finite; nothing was written")
     return kept
 
 
@@ -443,16 +454,14 @@ class SCRPS:
 
     name: ClassVar[str] = "scrps"
     weights: ClassVar[tuple[str, ...]] = ("generator", "encoder", "perceptual", "repository")
-    # The paper's Fig. 3 ablations, for a generator with L = 10 codes (REDUCED; l1 = 5, l2 = 7 by default); K1 = 5 K2
-    # when K2 varies, as in the paper.
+    # The paper's Fig. 3 ablations (valid for any generator with L >= 6 codes); K1 = 5 K2 when K2 varies, as in the
+    # paper. Refinement steps are our own study (docs/scrps/choices.md).
     ablations: ClassVar[dict[str, dict]] = {
-        "K2=5": {"k1": 25, "k2": 5}, "K2=10": {"k1": 50, "k2": 10},
-        "L2=3": {"l2": 3}, "L2=5": {"l2": 5}, "L2=9": {"l2": 9},
-        "swap off": {"l2": 0}, "no retrieval": {"l2": 10},
-        "one-stage retrieval": {"retrieval": "one-stage"},
+        "K2=5 (K1=25)": {"k1": 25, "k2": 5}, "K2=10 (K1=50)": {"k1": 50, "k2": 10},
+        "one-stage retrieval": {"retrieval": "one-stage"}, "L2=0 (swap off)": {"l2": 0}, "L2=3": {"l2": 3},
+        "L2=5": {"l2": 5}, "no retrieval (plain inversion)": {"retrieval": "none"},
         "0 steps": {"refine_steps": 0}, "5 steps": {"refine_steps": 5}, "50 steps": {"refine_steps": 50},
     }
-    map_normalisation: ClassVar[str] = "none"
 
     def __init__(self, config: SCRPSConfig, generator: Generator, encoder: LatentEncoder, features: nn.Module,
                  repository: torch.Tensor, device: torch.device) -> None:
@@ -507,14 +516,16 @@ class SCRPS:
 
     def _invert(self, x: torch.Tensor, steps: int, snapshots: tuple[int, ...]) -> dict[int, torch.Tensor]:
         return invert(self.G, self.features, x, self.start_codes(x), steps, self.config.refine_lr,
-                      self.config.lambda_mse, snapshots, self.autocast)
+                      self.config.lambda_mse, snapshots, lambda: autocast_for(self.device, training=True))
 
-    def reconstruct(self, codes: torch.Tensor) -> tuple[torch.Tensor, Retrieved]:
-        """The pseudo-healthy image G(swapped codes), (B, 1, H, W), and what was retrieved."""
+    def reconstruct(self, codes: torch.Tensor) -> tuple[torch.Tensor, Retrieved | None]:
+        """The pseudo-healthy image G(swapped codes), (B, 1, H, W), and what was retrieved (None without
+        retrieval: the image of the slice's own codes)."""
         cfg = self.config
-        found = retrieve(codes, self.repository, cfg.k1, cfg.k2, cfg.layer1, cfg.retrieval)
+        found = None if cfg.retrieval == "none" else retrieve(codes, self.repository, cfg.k1, cfg.k2, cfg.layer1,
+                                                               cfg.retrieval)
         with torch.no_grad(), self.autocast():
-            image = self.G.synthesis(swap(codes, found.codes, cfg.layer2)).float()
+            image = self.G.synthesis(codes if found is None else swap(codes, found.codes, cfg.layer2)).float()
         return image, found
 
     def anomaly_map(self, x: torch.Tensor, image: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -553,12 +564,7 @@ def check_repository(codes: torch.Tensor, gan: StyleGAN2Config) -> torch.Tensor:
     return codes.float()
 
 
-def with_settings(config: SCRPSConfig, **changes) -> SCRPSConfig:
-    """``config`` with ``changes`` (validated again)."""
-    return replace(config, **changes)
-
-
 __all__ = ["SCRPS", "SCRPSConfig", "DiscriminatorFeatures", "VGG16Features", "LatentEncoder", "EncoderFeatures",
            "InversionCache", "Retrieved", "check_repository", "cosine", "invert", "inversion_loss",
            "load_vgg16_state", "perceptual_loss", "perceptual_map", "perceptual_network", "retrieve",
-           "scaled_layers", "swap", "with_settings"]
+           "scaled_layers", "swap"]
