@@ -5,7 +5,6 @@ metadata inheritance, no validation beyond what a file name must hold."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError
 from .outputs import OutputPaths
+from .volume_io import write_outputs
 
 PIPELINE = "medical-anomaly-detection"
 BIDS_VERSION = "1.10.0"
@@ -118,8 +118,7 @@ def dataset_description(root: Path) -> dict:
 
 def write_dataset_description(derivatives: Path, root: Path, model: str) -> Path:
     """The derivative dataset's ``dataset_description.json`` (DatasetType derivative, GeneratedBy, SourceDatasets),
-    written to a temporary name and renamed."""
-    derivatives.mkdir(parents=True, exist_ok=True)
+    written atomically; the raw dataset's own description is never overwritten (an InputError)."""
     source_name = dataset_description(root).get("Name") or Path(root).name
     description = {"Name": f"{PIPELINE} outputs for {source_name}", "BIDSVersion": BIDS_VERSION,
                    "DatasetType": "derivative",
@@ -128,7 +127,6 @@ def write_dataset_description(derivatives: Path, root: Path, model: str) -> Path
                    "SourceDatasets": [{"URL": Path(root).resolve().as_uri()}],
                    "DatasetLinks": {"raw": Path(root).resolve().as_uri()}}
     path = derivatives / "dataset_description.json"
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    temporary.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_outputs(derivatives, {path.name: lambda target: target.write_text(json.dumps(description, indent=2) + "\n")},
+                  inputs=(Path(root) / "dataset_description.json",))
     return path

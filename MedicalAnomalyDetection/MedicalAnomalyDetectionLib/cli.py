@@ -19,9 +19,8 @@ from .errors import InputError
 from .inference import detect
 from .modality import modality_warning
 from .outputs import OutputPaths, detection_report, write_detection
-from .volume_io import read_volume
+from .volume_io import read_volume, refuse_overwriting
 
-OUTPUTS = ("anomaly_map.nii.gz", "anomaly_label.nii.gz", "brain_mask.nii.gz", "slice_scores.csv", "report.json")
 
 
 def _positive_int(text: str) -> int:
@@ -56,9 +55,7 @@ def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
         probe.unlink()
     except OSError as error:
         raise InputError(f"output folder is not writable: {folder} ({error.strerror})") from None
-    for name in OUTPUTS:
-        if any((folder / name).resolve() == p.resolve() for p in inputs):
-            raise InputError(f"output {folder / name} would overwrite an input")
+    refuse_overwriting(OutputPaths(folder).files, inputs)
 
 
 def run(args: argparse.Namespace) -> dict:

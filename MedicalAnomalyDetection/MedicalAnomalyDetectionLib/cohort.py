@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from .inference import StagedVolume, method_device, score_staged, stage_volume
 from .methods import AnomalyMethod
 from .modality import modality_warning
 from .outputs import OutputPaths, detection_report, finished_report, write_detection
-from .volume_io import read_volume
+from .volume_io import read_volume, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, t
     todo = []
     for index, item in enumerate(items):
         try:
-            report = None if overwrite else finished_report(item.outputs, bundle.card.name, item.input)
+            report = None if overwrite else finished_report(item.outputs, bundle, item.input, threshold)
         except InputError as error:
             record(index, Row(item.name, str(item.input), "failed", error=str(error)))
             continue
@@ -233,18 +232,20 @@ def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, t
     return [rows[index] for index in range(len(items))]
 
 
-def write_table(rows: list[Row], path: Path) -> None:
+def write_table(rows: list[Row], path: Path, inputs: tuple[Path, ...] = ()) -> None:
     """The cohort table (tab-separated for a ``.tsv`` path, else CSV; "n/a" for missing values in a TSV, as BIDS
-    asks), written to a temporary name and renamed."""
+    asks), written atomically by ``write_outputs``; overwriting any of ``inputs`` (a CSV list) is refused."""
     tsv = path.suffix == ".tsv"
     missing = "n/a" if tsv else ""
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t" if tsv else ",", lineterminator="\n")
-        writer.writerow(TABLE_COLUMNS)
-        for row in rows:
-            writer.writerow([missing if value is None or value == "" else value for value in asdict(row).values()])
-    os.replace(temporary, path)
+
+    def write(target: Path) -> None:
+        with open(target, "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t" if tsv else ",", lineterminator="\n")
+            writer.writerow(TABLE_COLUMNS)
+            for row in rows:
+                writer.writerow([missing if value is None or value == "" else value for value in asdict(row).values()])
+
+    write_outputs(path.parent, {path.name: write}, inputs)
 
 
 def cohort_summary(rows: list[Row], seconds: float) -> dict:

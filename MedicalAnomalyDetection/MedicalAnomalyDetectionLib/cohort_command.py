@@ -22,6 +22,7 @@ from .errors import InputError
 from .inference import pixel_threshold
 from .methods import build_method
 from .methods.runtime import choose_device
+from .volume_io import refuse_overwriting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,10 +103,15 @@ def main(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     threshold = pixel_threshold(bundle, args.threshold)
     items, table = _items(args, bundle)
+    sources = tuple(path for item in items for path in item.inputs) + tuple(Path(source) for source in args.input)
+    refuse_overwriting([table], sources)  # e.g. a CSV list named cohort.csv in the output folder
     with process_group(world, choose_device(args.device), backend="gloo") as device:
         method = build_method(bundle, device)
         if world.main:
-            table.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                table.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InputError(f"cannot create the output folder {table.parent}: {error.strerror}") from None
             if args.bids is not None:
                 write_dataset_description(table.parent, args.bids, bundle.card.name)
         shard = world.shard(items)
@@ -117,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
         shards = gather((rows, seconds), world)
         merged = [shards[index % world.size][0][index // world.size] for index in range(len(items))]
         if world.main:
-            write_table(merged, table)
+            write_table(merged, table, inputs=sources)
             summary = cohort_summary(merged, max(shard_seconds for _, shard_seconds in shards))
             print(json.dumps({**summary, "processes": world.size, "table": str(table)}))
         barrier(world)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,11 @@ def write_detection(result: Detection, report: dict, paths: OutputPaths, inputs:
         paths.report: lambda path: path.write_text(json.dumps(report, indent=2) + "\n")}, inputs)
 
 
-def finished_report(paths: OutputPaths, model: str, source: Path) -> dict | None:
-    """The report of complete earlier outputs of ``model`` for ``source``, or None when there are none (or they are
-    incomplete or unreadable). Outputs of another model or input there are an InputError: nothing is overwritten
-    silently."""
+def finished_report(paths: OutputPaths, bundle: Bundle, source: Path, threshold: float) -> dict | None:
+    """The report of complete earlier outputs of ``bundle`` at ``threshold`` for ``source``, or None when there are
+    none (or they are incomplete or unreadable). Outputs of another model, model version, input or threshold there
+    are an InputError: nothing is overwritten, or kept, silently."""
+    model = bundle.card.name
     try:
         report = json.loads(paths.report_path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -88,4 +90,9 @@ def finished_report(paths: OutputPaths, model: str, source: Path) -> dict | None
     if report.get("model") != model or Path(str(report.get("input", ""))).resolve() != Path(source).resolve():
         raise InputError(f"{paths.report_path} holds outputs of model {report.get('model')} for "
                          f"{report.get('input')}; pass --overwrite or another output folder")
+    if report.get("model_version") != bundle.card.version or not math.isclose(float(report.get("threshold", "nan")),
+                                                                              threshold, rel_tol=1e-6):
+        raise InputError(f"{paths.report_path} was made with {model} {report.get('model_version')} at threshold "
+                         f"{report.get('threshold')}, not {bundle.card.version} at {threshold:.6g}; pass --overwrite "
+                         "or another output folder")
     return report if all(path.is_file() for path in paths.files) else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,8 +43,9 @@ def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
             return reader.Execute()
         check_volume_file(path)
         return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(f"cannot read {path}: {_last_line(error)}") from None
+    except (RuntimeError, OSError, ValueError) as error:  # SimpleITK, the file itself, malformed DICOM values
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else _last_line(error)
+        raise InputError(f"cannot read {path}: {reason}") from None
 
 
 def _dicom_series_files(folder: Path, series: str | None) -> list[str]:
@@ -196,15 +197,21 @@ def write_image(image: sitk.Image, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def refuse_overwriting(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
+    """An InputError if any of ``outputs`` is one of ``inputs`` (the same file by its resolved path)."""
+    sources = {Path(p).resolve() for p in inputs}
+    for output in outputs:
+        if Path(output).resolve() in sources:
+            raise InputError(f"refusing to overwrite an input: {output}")
+
+
 def write_outputs(folder: Path, writers: dict[str, Callable[[Path], None]], inputs: tuple[Path, ...] = ()) -> None:
     """Write each output ``name`` into ``folder`` through ``writers[name](path)``: all first under hidden temporary
     names (same suffix, so a writer picks the same format), then renamed in the given order. A failure (a full disk,
     a vanished folder) removes the temporaries and raises an InputError: no half-written file is left, and no file
     of this run appears under its final name. Overwriting any of ``inputs`` is refused before anything is written."""
     folder = Path(folder)
-    for name in writers:
-        if any((folder / name).resolve() == Path(p).resolve() for p in inputs):
-            raise InputError(f"refusing to overwrite an input: {folder / name}")
+    refuse_overwriting([folder / name for name in writers], inputs)
     staged: list[tuple[Path, Path]] = []
     try:
         for name, write in writers.items():

@@ -95,6 +95,34 @@ def test_outputs_of_another_model_are_not_overwritten(cohort_folder, tiny_bundle
     assert all(row["status"] == "failed" and "outputs of model tiny" in row["error"] for row in rows)
 
 
+def test_a_rerun_at_another_threshold_redoes_nothing_silently(cohort_folder, tiny_bundle_dir, tmp_path):
+    (cohort_folder / "flat.nii.gz").unlink()
+    out = tmp_path / "out"
+    command = [str(cohort_folder), "--model", str(tiny_bundle_dir), "--output-dir", str(out), "--device", "cpu"]
+    assert main(command) == 0
+    assert main(command + ["--threshold", "0.01"]) == 1  # not "skipped" with the old labels
+    assert all(row["status"] == "failed" and "--overwrite" in row["error"] for row in _table(out / "cohort.csv"))
+    assert main(command + ["--threshold", "0.01", "--overwrite"]) == 0
+    assert json.loads((out / "case0" / "report.json").read_text())["threshold"] == 0.01
+
+
+def test_the_table_never_overwrites_the_csv_list_it_reads(tmp_path, tiny_bundle_dir, capsys):
+    _write(tmp_path / "in" / "a.nii.gz", head_array(seed=3))
+    listing = tmp_path / "in" / "cohort.csv"
+    listing.write_text("input\na.nii.gz\n")
+    assert main([str(listing), "--model", str(tiny_bundle_dir), "--output-dir", str(tmp_path / "in")]) == 1
+    assert listing.read_text() == "input\na.nii.gz\n" and not (tmp_path / "in" / "a").exists()
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(cohort_folder, tiny_bundle_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main([str(cohort_folder), "--model", str(tiny_bundle_dir), "--output-dir", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the output folder" in err and "Traceback" not in err
+
+
 def test_csv_cohort_with_masks_and_output_folders(tmp_path, tiny_bundle_dir):
     array = head_array(seed=3)
     _write(tmp_path / "in" / "a.nii.gz", array)
@@ -204,6 +232,14 @@ def test_bids_cohort_writes_derivatives(bids_root, tiny_bundle_dir):
     assert not (derivatives / "sub-02").exists()
     scores = _table(anat / "sub-01_ses-2_desc-anomaly_slicescores.tsv", "\t")
     assert len(scores) == 24 and set(scores[0]) == {"slice_index", "score"}
+
+
+def test_derivatives_in_the_raw_root_never_replace_its_description(bids_root, tiny_bundle_dir, capsys):
+    description = bids_root / "dataset_description.json"
+    description.write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"}))
+    assert main(["--bids", str(bids_root), "--model", str(tiny_bundle_dir), "--output-dir", str(bids_root)]) == 1
+    assert json.loads(description.read_text())["Name"] == "raw"
+    assert "refusing to overwrite an input" in capsys.readouterr().err
 
 
 def test_prepare_takes_a_bids_dataset_a_folder_or_a_csv(bids_root, tmp_path):

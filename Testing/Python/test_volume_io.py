@@ -63,3 +63,17 @@ def test_missing_and_corrupt_files(tmp_path):
     corrupt.write_bytes(b"not an image at all")
     with pytest.raises(InputError, match="cannot read"):
         read_volume(corrupt)
+
+
+def test_a_file_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch):
+    from MedicalAnomalyDetectionLib import volume_io
+
+    path = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(make_image(head_array()), str(path))
+
+    def unreadable(file):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(volume_io, "check_volume_file", unreadable)  # as root, chmod cannot make it unreadable
+    with pytest.raises(InputError, match="cannot read .*scan.nii.gz: Permission denied"):
+        read_volume(path)
