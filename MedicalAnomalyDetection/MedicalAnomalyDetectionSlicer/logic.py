@@ -36,6 +36,7 @@ REFERENCE_ROLES = {"map": "MedicalAnomalyDetection.anomalyMap", "label": "Medica
                    "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart",
                    "brain": "MedicalAnomalyDetection.brainMask"}
 SLICE_AXIS_ATTRIBUTE = "MedicalAnomalyDetection.sliceAxis"
+MASKING_ATTRIBUTE = "MedicalAnomalyDetection.masking"  # on the brain segmentation: the masking mode that made it
 SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
 
 
@@ -160,9 +161,12 @@ class MedicalAnomalyDetectionLogic:
 
     @staticmethod
     def previousBrainMask(inputVolume: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLNode | None:
-        """The brain segmentation an earlier run found for this input (the user may have edited it), if still there."""
+        """The brain segmentation an earlier ``auto`` run found for this input (the user may have edited it), if still
+        there; the foreground mask of a ``masking="none"`` run is never taken for a brain."""
         node = inputVolume.GetNodeReference(REFERENCE_ROLES["brain"])
-        return node if node is not None and node.GetScene() is not None else None
+        if node is None or node.GetScene() is None or node.GetAttribute(MASKING_ATTRIBUTE) == "none":
+            return None
+        return node
 
     def prepareFit(self, referenceVolumes: list[slicer.vtkMRMLScalarVolumeNode], name: str, modality: str = "flair",
                    brainMasks: list[slicer.vtkMRMLNode | None] | None = None,
@@ -236,6 +240,7 @@ class MedicalAnomalyDetectionLogic:
         brainMask = job.maskNode if job.maskNode is not None and job.maskNode.GetScene() is not None else None
         if brainMask is None:
             brainMask = self._brainSegmentation(inputVolume, detection.brain.mask, f"{name} brain")
+            brainMask.SetAttribute(MASKING_ATTRIBUTE, job.masking)
         self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart, brainMask))
 
         card = job.bundle.card

@@ -373,5 +373,11 @@ def test_masking_none_does_not_reuse_the_brain_found(scene, volume, intensity_bu
     logic.process(volume, model=intensity_bundle.path)
     job = logic.prepare(volume, intensity_bundle.path, masking="none")
     assert job.mask is None and job.maskNode is None
+    # a masking="none" run saves its foreground mask, but a later "auto" run does not take it for a brain
+    outputs = logic.process(volume, model=intensity_bundle.path, masking="none")
+    assert outputs.brainMask.IsA("vtkMRMLSegmentationNode")
+    assert logic.previousBrainMask(volume) is None
+    logic.process(volume, model=intensity_bundle.path)
+    assert logic.previousBrainMask(volume) is outputs.brainMask  # the auto run's brain, reusable again
     with pytest.raises(InputError, match="masking must be one of"):
         logic.prepare(volume, intensity_bundle.path, masking="skull")
