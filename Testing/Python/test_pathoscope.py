@@ -22,9 +22,10 @@ from MedicalAnomalyDetectionLib.fewshot.fit import (PAPER_TYPICAL_DISTANCE, TYPI
                                                    fit_pathoscope, pieg)
 from MedicalAnomalyDetectionLib.fewshot.losses import local_distance, tritanh
 from MedicalAnomalyDetectionLib.fewshot.references import (Reference, acquisition_plane, fit_references,
-                                                           lesion_warning)
+                                                           lesion_warning, reference_slices)
 from MedicalAnomalyDetectionLib.fewshot.synthesis import TextureBank, folder_textures, local_pathology, perlin_mask
 from MedicalAnomalyDetectionLib.inference import detect
+from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.progress import Cancelled
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.methods.backbone import ResNet18Trunk, load_resnet18_state
@@ -188,6 +189,15 @@ def test_fit_references_saves_a_model_detect_uses_and_never_overwrites(tmp_path)
     assert card.map_normalisation == "volume" and card.thresholds["pixel_fpr"] == 0.01
     assert 1.0 < card.thresholds["pixel"] < 10.0  # robust SDs above each volume's typical brain value
     assert card.training["references"] == ["healthy0", "healthy1"] and fitted.warnings == []
+    # the threshold is in the units detect gives the maps: scored as detect scores them, 1 % of the references'
+    # training-slice brain voxels lie above it
+    method, flagged, voxels = build_method(fitted.bundle, torch.device("cpu")), 0, 0
+    for reference in references:
+        prepared, keep = reference_slices(reference, TINY_PRE)
+        maps = score_volume(method, prepared, map_normalisation=card.map_normalisation).maps
+        inside = maps[prepared.mask & keep[:, None, None]]
+        flagged, voxels = flagged + int((inside > card.thresholds["pixel"]).sum()), voxels + inside.size
+    assert flagged / voxels == pytest.approx(0.01, abs=0.002)
     assert load_bundle(tmp_path / "my-normal").card.sha256 == card.sha256
     patient = _volume(5, blob=(12, 20, 26))
     before = sitk.GetArrayFromImage(patient).copy()

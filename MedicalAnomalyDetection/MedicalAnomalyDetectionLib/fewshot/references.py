@@ -20,7 +20,7 @@ from ..pipeline import score_volume
 from ..preprocessing import PreparedVolume, prepare_volume
 from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from ..run_record import RunRecord, card_from_run
-from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices, normalise_maps
+from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
 
@@ -108,30 +108,27 @@ def _in_range(prepared: PreparedVolume, slices: tuple[int, int] | None) -> np.nd
     return (prepared.slice_index >= slices[0]) & (prepared.slice_index <= slices[1])
 
 
-def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's model-grid slices that show brain (within its slice range): (slices, masks)."""
+def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[PreparedVolume, np.ndarray]:
+    """The reference prepared on the model grid, and which of its slices are training slices: (N,) True where a
+    slice shows brain (TRAIN_MIN_BRAIN_SHARE) within the reference's slice range."""
     prepared = prepare_volume(reference.image, pre, reference.brain_mask)
     keep = eligible_slices(prepared.brain_area, TRAIN_MIN_BRAIN_SHARE) & _in_range(prepared, reference.slices)
     if not keep.any():
         where = "" if reference.slices is None else f" between slices {reference.slices[0]} and {reference.slices[1]}"
         raise InputError(f"reference {reference.name} shows no brain{where}")
-    return prepared.slices[keep], prepared.mask[keep]
+    return prepared, keep
 
 
-def reference_thresholds(bundle: Bundle, slices: list[np.ndarray], masks: list[np.ndarray]) -> dict:
-    """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references (each
-    reference's maps normalised over its own slices, as the card says)."""
+def reference_thresholds(bundle: Bundle, references: list[tuple[PreparedVolume, np.ndarray]]) -> dict:
+    """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references' training
+    slices, each reference scored as ``detect`` scores a volume (``pipeline.score_volume``: the maps normalised over
+    the volume as the card says), so the thresholds are in the units the model's maps will have."""
     method = build_method(bundle, torch.device("cpu"))
     pixels, scores = [], []
-    for reference_slices, reference_masks in zip(slices, masks):
-        maps = []
-        for start in range(0, len(reference_slices), 32):
-            scored = method.score(torch.from_numpy(reference_slices[start:start + 32]),
-                                  torch.from_numpy(reference_masks[start:start + 32]))
-            maps.append(scored.maps.numpy())
-            scores.append(scored.scores.numpy())
-        maps = normalise_maps(np.concatenate(maps), reference_masks, bundle.card.map_normalisation, reference_masks)
-        pixels.append(maps[reference_masks])
+    for prepared, keep in references:
+        scored = score_volume(method, prepared, map_normalisation=bundle.card.map_normalisation)
+        pixels.append(scored.maps[prepared.mask & keep[:, None, None]])
+        scores.append(scored.slice_scores[keep])
     return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
             "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR,
             "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy validation "
@@ -163,12 +160,10 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
     config = replace(config, backbone=Path(backbone).name if backbone else f"random (seed {settings.seed})")
 
     report(0.0, "checking references")
-    slices, masks, ids = [], [], []
-    for reference in references:
-        s, m = reference_slices(reference, pre)
-        slices.append(s)
-        masks.append(m)
-        ids += [reference.name] * len(s)
+    prepared = [reference_slices(reference, pre) for reference in references]
+    slices = [volume.slices[keep] for volume, keep in prepared]
+    masks = [volume.mask[keep] for volume, keep in prepared]
+    ids = [reference.name for reference, (_, keep) in zip(references, prepared) for _ in range(int(keep.sum()))]
     warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
     result = fit_pathoscope(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)), ids,
                             config, settings, backbone_state=backbone_state, texture_dir=texture_dir,
@@ -185,8 +180,7 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
                     losses=[result.record["final_losses"]], references=names,
                     notes={"fit": result.record, "warnings": warnings})
     card = card_from_run(run, name)
-    card.thresholds = reference_thresholds(Bundle(card=card, state_dict=result.state_dict, path=folder), slices,
-                                           masks)
+    card.thresholds = reference_thresholds(Bundle(card=card, state_dict=result.state_dict, path=folder), prepared)
     check_cancel(cancel)
     report(0.95, "saving the model")
     _check_new_model(folder)  # again: another fit may have taken the name meanwhile
