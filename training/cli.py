@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.scoring import PIXEL_FPR, SLICE_FPR
 
-from .evaluation import PIXEL_FPR
 from .recipes import recipe, recipe_names
 
 
@@ -292,7 +292,7 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
         if name == "calibrate":
             p.add_argument("--pixel-fpr", type=float, default=PIXEL_FPR,
                            help="share of healthy brain voxels flagged (default: docs/analysis/operating_points.md)")
-            p.add_argument("--slice-fpr", type=float, default=0.05, help="share of healthy slices flagged")
+            p.add_argument("--slice-fpr", type=float, default=SLICE_FPR, help="share of healthy slices flagged")
         else:
             p.add_argument("--out", type=Path, required=True)
             p.add_argument("--ablation", help="score as this ablation variant of the method (e.g. 'ranking off', "

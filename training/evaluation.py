@@ -29,9 +29,6 @@ from .slices import healthy_slices, lesion_slices
 # Brain voxels closer than this to a lesion are not counted as healthy when calibrating (lesion masks are drawn
 # tight, and oedema or partial volume around a lesion is not healthy tissue).
 LESION_MARGIN_MM = 3.0
-# The share of healthy brain voxels a calibrated pixel threshold flags, chosen on the validation splits by
-# docs/analysis/operating_points.py (see operating_points.md there).
-PIXEL_FPR = 0.01
 
 
 def metrics_key(dataset: str, split: str, ablation: str | None = None, masking: str = "dataset") -> str:

@@ -77,6 +77,10 @@ MIN_BRAIN_SHARE = 0.2
 # Training (and few-shot references) also take the smaller brain cross-sections, down to this share, so that a model
 # learns them as normal.
 TRAIN_MIN_BRAIN_SHARE = 0.05
+# The operating points every calibrated threshold is made for: the share of healthy brain voxels a pixel threshold
+# flags, chosen on the validation splits by docs/analysis/operating_points.py, and the share of healthy slices a
+# slice threshold flags (training calibrate and the few-shot fit in Slicer).
+PIXEL_FPR, SLICE_FPR = 0.01, 0.05
 
 
 def eligible_slices(brain_area: np.ndarray, min_share: float = MIN_BRAIN_SHARE) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..pipeline import score_volume
 from ..preprocessing import PreparedVolume, prepare_volume
 from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from ..run_record import RunRecord, card_from_run
-from ..scoring import TRAIN_MIN_BRAIN_SHARE, eligible_slices
+from ..scoring import PIXEL_FPR, SLICE_FPR, TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
 
@@ -30,10 +30,8 @@ from .synthesis import folder_textures
 LESION_WARNING_ML = 10.0
 # A reference is acquired in a plane when its slices are this much thicker than the in-plane spacing.
 THICK_SLICE_RATIO = 2.0
-# Without validation scans, thresholds come from the references themselves: the map value exceeded by this share of
-# their brain pixels, and the slice score exceeded by this share of their slices (in-sample, so on new healthy scans
-# somewhat more is flagged).
-PIXEL_FPR, SLICE_FPR = 0.01, 0.05
+# Without validation scans, thresholds come from the references themselves at scoring.PIXEL_FPR of their brain
+# pixels and scoring.SLICE_FPR of their slices (in-sample, so on new healthy scans somewhat more is flagged).
 
 
 @dataclass(frozen=True)
