@@ -95,7 +95,24 @@ def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | Non
 
 def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int = 16,
                  progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
-    """Score a staged volume with ``method`` and put the map back on the input grid; ``seconds`` counts staging too."""
+    """Score a staged volume with ``method`` and put the map back on the input grid; ``seconds`` counts staging too.
+    When the GPU runs out of memory, the volume is scored again on the CPU, with a logged warning and ``device``
+    saying so (for single runs and cohorts alike)."""
+    try:
+        return _score(staged, bundle, method, threshold, batch_size, progress, cancel)
+    except torch.cuda.OutOfMemoryError:
+        if method_device(method).type != "cuda":
+            raise
+    log.warning("the GPU ran out of memory; scoring again on the CPU")
+    torch.cuda.empty_cache()
+    detection = _score(staged, bundle, build_method(bundle, torch.device("cpu")), threshold, batch_size, progress,
+                       cancel)
+    detection.device = "cpu (the GPU ran out of memory)"
+    return detection
+
+
+def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int,
+           progress: ProgressCallback | None, cancel: CancelCallback | None) -> Detection:
     started = time.perf_counter()
     report = sub_progress(progress, 0.0, 1.0)
     scores = score_volume(method, staged.prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel,
@@ -129,8 +146,7 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     Without ``brain_mask``, ``masking`` "auto" extracts the brain of a skull-on input (see ``brain_extraction``)
     and "none" uses the foreground. ``threshold`` defaults to the card's calibrated pixel threshold. ``progress(fraction, stage)`` is called as work
     advances; when ``cancel()`` returns True the run stops with :class:`~.progress.Cancelled`. Pass ``method`` to
-    reuse an already built method (e.g. across many volumes). When the GPU runs out of memory while scoring, the
-    volume is scored again on the CPU, with a logged warning and ``device`` saying so.
+    reuse an already built method (e.g. across many volumes). A GPU out of memory: see :func:`score_staged`.
     """
     threshold = pixel_threshold(bundle, threshold)
     run_device = choose_device(device) if method is None else method_device(method)
@@ -139,17 +155,7 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
         if progress is not None:
             progress(0.08, "loading model")
         method = build_method(bundle, run_device)
-    try:
-        return score_staged(staged, bundle, method, threshold, batch_size, progress, cancel)
-    except torch.cuda.OutOfMemoryError:
-        if run_device.type != "cuda":
-            raise
-    log.warning("the GPU ran out of memory; scoring again on the CPU")
-    torch.cuda.empty_cache()
-    detection = score_staged(staged, bundle, build_method(bundle, torch.device("cpu")), threshold, batch_size,
-                             progress, cancel)
-    detection.device = "cpu (the GPU ran out of memory)"
-    return detection
+    return score_staged(staged, bundle, method, threshold, batch_size, progress, cancel)
 
 
 def method_device(method: AnomalyMethod) -> torch.device:

@@ -371,11 +371,11 @@ def _unwritable(folder: Path, variant: Any) -> list[str]:
 
 def _with_previous_run(folder: Path, variant: Any) -> list[str]:
     """The head, and an output folder (``folder/out``, where the test writes) holding a previous run's outputs."""
-    from MedicalAnomalyDetectionLib.cli import OUTPUTS
+    from MedicalAnomalyDetectionLib.outputs import OutputPaths
 
     (folder / "out").mkdir()
-    for name in OUTPUTS:
-        (folder / "out" / name).write_bytes(PREVIOUS_RUN)
+    for path in OutputPaths(folder / "out").files:
+        path.write_bytes(PREVIOUS_RUN)
     return _head_file(folder, variant)
 
 

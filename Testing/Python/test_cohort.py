@@ -148,12 +148,13 @@ def test_two_inputs_with_one_name_are_refused(tmp_path, tiny_bundle_dir, capsys)
 
 
 def test_reading_ahead_keeps_order_errors_and_depth():
-    running, most = [0], [0]
+    running, most, started = [0], [0], []
     lock = threading.Lock()
 
     def work(item):
         with lock:
             running[0] += 1
+            started.append(item)
         time.sleep(0.01)
         with lock:
             most[0] = max(most[0], running[0])
@@ -163,8 +164,10 @@ def test_reading_ahead_keeps_order_errors_and_depth():
         return item * 10
 
     for depth in (0, 1, 3):
-        got = []
-        for item, result in ahead(range(6), work, depth):
+        got, started[:] = [], []
+        for index, (item, result) in enumerate(ahead(range(6), work, depth)):
+            time.sleep(0.03)  # the consumer is slow: the thread would run far ahead if nothing held it
+            assert len(started) <= index + 1 + depth  # never more than `depth` volumes beyond the current one
             try:
                 got.append(result())
             except InputError as error:
@@ -182,6 +185,17 @@ def test_prefetching_changes_nothing_in_the_results(cohort_folder, tiny_bundle, 
         rows = run_cohort(items, tiny_bundle, method, pixel_threshold(tiny_bundle), prefetch=depth)
         scores[depth] = [row.volume_score for row in rows]
     assert scores[0] == scores[2] and len(scores[0]) == 3
+
+
+def test_a_gpu_out_of_memory_in_a_cohort_falls_back_to_the_cpu(cohort_folder, tiny_bundle, tmp_path):
+    from bad_input_cases import ExhaustedGPU
+
+    (cohort_folder / "flat.nii.gz").unlink()
+    items = items_from_inputs([cohort_folder], tmp_path / "out", "auto")
+    rows = run_cohort(items, tiny_bundle, ExhaustedGPU(), pixel_threshold(tiny_bundle))
+    assert [row.status for row in rows] == ["done"] * 3
+    assert {json.loads((tmp_path / "out" / row.volume / "report.json").read_text())["device"] for row in rows} == {
+        "cpu (the GPU ran out of memory)"}
 
 
 @pytest.fixture
