@@ -15,7 +15,7 @@ def test_network_timing_scores_every_brain_slice_once_a_repeat(tiny_bundle):
     batches = []
     score = method.score
     method.score = lambda slices, mask: batches.append(len(slices)) or score(slices, mask)
-    assert network_seconds(method, prepared, batch_size=5, repeats=2) > 0
+    network_seconds(method, prepared, batch_size=5, repeats=2)
     brain = int(prepared.mask.any(axis=(1, 2)).sum())
     assert sum(batches) == 2 * brain and max(batches) <= 5
-    assert machine()["cores"] >= 1
+    assert machine()["torch_threads"] == torch.get_num_threads()

@@ -55,7 +55,7 @@ def test_training_removes_the_noise_and_the_map_finds_a_spot(tmp_path):
     settings = FitSettings(epochs=80, batch_size=8, learning_rate=3e-3, checkpoint_every=80)
     trainee = dae_trainee(config, settings, torch.device("cpu"))
     record = train(trainee, data, settings, tmp_path / "run", torch.device("cpu"))
-    assert record.losses[-1]["loss_r"] < 0.05 * record.losses[0]["loss_r"] or record.done == 80
+    assert record.done == 80 and all(np.isfinite(entry["loss_r"]) for entry in record.losses)
     clean = torch.from_numpy(_disks(8, seed=3)).unsqueeze(1)
     noisy = clean + coarse_noise(clean, (clean > 0).float(), config, torch.Generator().manual_seed(1))
     with torch.no_grad():
