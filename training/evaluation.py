@@ -11,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MedicalAnomalyDetectionLib.brain_extraction import BrainMask, brain_mask_for
 from MedicalAnomalyDetectionLib.bundle import Bundle
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod
 from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume, to_input_grid
-from MedicalAnomalyDetectionLib.volume_io import validate_volume
 
 from .datasets import Case
 from .metrics import auroc_ap, best_dice, dice_at, pro_auc
 from .plots import plot_roc, plot_score_distributions
-from .slices import healthy_slices, lesion_slices
+from .slices import case_brain, healthy_slices, lesion_slices
 
 
 # Brain voxels closer than this to a lesion are not counted as healthy when calibrating (lesion masks are drawn
@@ -50,7 +48,6 @@ class SplitScores:
     healthy_voxel_scores: list[np.ndarray] = field(default_factory=list)  # brain voxels away from any lesion
     healthy_slice_scores: list[np.ndarray] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
-    masking: str = "dataset"
     masks_made_by: set[str] = field(default_factory=set)  # how the cases' brain masks were obtained
 
 
@@ -72,10 +69,7 @@ def case_truth(case: Case, pre: Preprocessing, masking: str = "dataset") -> Case
     """Read and prepare ``case``; its maps are made inside the dataset's brain mask (``masking`` "dataset", the
     detector's automatic masking where the dataset has none), or as the detector would mask it ("auto"/"none")."""
     image, brain, lesion = case.read()
-    if masking == "dataset" and brain is not None:
-        used = BrainMask(brain, "the dataset's reference brain mask", computed=False)
-    else:
-        used = brain_mask_for(validate_volume(image), None, "auto" if masking == "dataset" else masking)
+    used = case_brain(image, brain, masking)
     prepared = prepare_volume(image, pre, used.mask, labels=(lesion,) if lesion is not None else ())
     inside = sitk.GetArrayFromImage(brain if brain is not None else used.mask) > 0
     if lesion is None:
@@ -96,7 +90,7 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
     """Run the inference path on every case; keep the scores of eligible slices, and the map's values on the input
     grid inside the brain (voxel metrics) and at brain voxels away from lesions (calibration). ``cache`` (a dict
     kept by the caller) keeps each case's :class:`CaseTruth` for the next model with the same preprocessing."""
-    out = SplitScores(masking=masking)
+    out = SplitScores()
     threshold = bundle.card.thresholds.get("pixel")
     pre = bundle.card.preprocessing
     for case in cases:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy.ndimage import binary_dilation
 
-from MedicalAnomalyDetectionLib.brain_extraction import brain_mask_for
+from MedicalAnomalyDetectionLib.brain_extraction import BrainMask, brain_mask_for
 from MedicalAnomalyDetectionLib.card import Preprocessing
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
 from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE, eligible_slices
@@ -18,13 +19,24 @@ from .slice_set import SliceSet
 HEALTHY_MARGIN = 1
 
 
+def case_brain(image: sitk.Image, brain: sitk.Image | None, masking: str = "dataset",
+               fallback: str = "auto") -> BrainMask:
+    """The brain mask a case's maps are made in: with ``masking`` "dataset" the dataset's own mask (checked as a
+    given mask is), or, for a case without one, the detector's ``fallback`` masking; with "auto"/"none" the mask the
+    detector would make (``brain_extraction.brain_mask_for``, the one masking path)."""
+    validated = validate_volume(image)
+    if masking == "dataset" and brain is not None:
+        return BrainMask(brain_mask_for(validated, brain, "auto").mask, "the dataset's reference brain mask",
+                         computed=False)
+    return brain_mask_for(validated, None, fallback if masking == "dataset" else masking)
+
+
 def prepare_case(images: CaseImages, pre: Preprocessing, masking: str = "none") -> PreparedVolume:
     """The core preprocessing of one case's (image, brain, lesion), the lesion mask (if any) resampled alongside; a
     case without a brain mask is masked as the detector masks it with ``masking`` ("auto" or "none")."""
     image, brain, lesion = images
-    if brain is None:
-        brain = brain_mask_for(validate_volume(image), None, masking).mask
-    return prepare_volume(image, pre, brain, labels=(lesion,) if lesion is not None else ())
+    used = case_brain(image, brain, "dataset", fallback=masking)
+    return prepare_volume(image, pre, used.mask, labels=(lesion,) if lesion is not None else ())
 
 
 def lesion_slices(prepared: PreparedVolume) -> np.ndarray:
