@@ -74,15 +74,15 @@ def cmd_configure(args: argparse.Namespace) -> None:
 def _load_for_scoring(args: argparse.Namespace, ablation: str | None = None):
     """The bundle as stored, and its method built on the chosen device (as the named ablation variant, if asked)."""
     from MedicalAnomalyDetectionLib.bundle import load_bundle
-    from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
+    from MedicalAnomalyDetectionLib.methods import applicable_ablations, build_method, with_overrides
     from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 
     bundle = load_bundle(args.model)
     scored = bundle
     if ablation is not None:
-        ablations = method_class(bundle.card.method).ablations
+        ablations = applicable_ablations(bundle)
         if ablation not in ablations:
-            raise InputError(f"method {bundle.card.method} has no ablation {ablation!r} "
+            raise InputError(f"model {bundle.card.name} has no ablation {ablation!r} that changes it "
                              f"(it has: {', '.join(ablations) or 'none'})")
         scored = with_overrides(bundle, ablations[ablation])
     return bundle, build_method(scored, choose_device(args.device))

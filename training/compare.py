@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
-from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
+from MedicalAnomalyDetectionLib.methods import applicable_ablations, build_method, with_overrides
 
 from .datasets import load_cases
 from .evaluation import metrics_key, score_split, summarise, write_report
@@ -19,20 +19,10 @@ TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"),
 
 
 def _variants(bundle: Bundle) -> list[tuple[str, str | None, Bundle]]:
-    """(row name, ablation, bundle): the bundle as carded, then each ablation variant its method declares (the
+    """(row name, ablation, bundle): the bundle as carded, then each ablation of its method that changes it (the
     Patch-GAN's "ranking off" is the paper's Table 2)."""
-    variants = [(bundle.card.name, None, bundle)]
-    for name, change in method_class(bundle.card.method).ablations.items():
-        variant = with_overrides(bundle, change)
-        if _settings(variant) != _settings(bundle):  # an ablation of something the model has
-            variants.append((f"{bundle.card.name} ({name})", name, variant))
-    return variants
-
-
-def _settings(bundle: Bundle) -> object:
-    """What a bundle's method is set to: its built config where it has one (defaults filled in), else its card's."""
-    config = getattr(build_method(bundle, torch.device("cpu")), "config", None)
-    return config if config is not None else bundle.card.hyperparameters
+    return [(bundle.card.name, None, bundle)] + [(f"{bundle.card.name} ({name})", name, with_overrides(bundle, change))
+                                                 for name, change in applicable_ablations(bundle).items()]
 
 
 def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, device: torch.device,
@@ -43,13 +33,14 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     per-case report (``evaluate``'s) goes to ``reports/<model>[-<ablation>]/<dataset>``."""
     out.mkdir(parents=True, exist_ok=True)
     bundles = [load_bundle(model) for model in models]
+    variants = {bundle.card.name: _variants(bundle) for bundle in bundles}
     results: dict[str, dict[str, dict]] = {}
     for dataset in datasets:
-        curves = {}
+        curves, truths = {}, {}  # truths: each case read and prepared once per preprocessing
         for bundle in bundles:
-            for name, ablation, variant in _variants(bundle):
-                cases = load_cases(data_root / dataset, "test", variant.card.modality)
-                scores = score_split(build_method(variant, device), variant, cases)
+            cases = load_cases(data_root / dataset, "test", bundle.card.modality)
+            for name, ablation, variant in variants[bundle.card.name]:
+                scores = score_split(build_method(variant, device), variant, cases, cache=truths)
                 summary = summarise(scores, variant.card.thresholds.get("pixel"))
                 results.setdefault(name, {})[dataset] = summary
                 curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))

@@ -16,7 +16,8 @@ from torch import nn
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect
-from MedicalAnomalyDetectionLib.methods import SliceResult, build_method, method_class, method_names, register
+from MedicalAnomalyDetectionLib.methods import (SliceResult, applicable_ablations, build_method, method_class,
+                                               method_names, register, with_overrides)
 from MedicalAnomalyDetectionLib.methods.common import load_module
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 from training.cli import main
@@ -66,6 +67,15 @@ class ToyBrightnessRecipe(Recipe):
         return RunRecord(method=cls.name, config={}, settings={"gain": args.gain}, source=data.source,
                          data=data.describe(), seed=args.seed, device="cpu", seconds=0.0, done=1, planned=1,
                          command=command)
+
+
+def test_only_ablations_that_change_a_model_are_scored(tiny_bundle, tiny_bundle_dir, toy_dataset, tmp_path):
+    assert tiny_bundle.card.hyperparameters.get("intensity_prior", 0.0) == 0.0
+    assert set(applicable_ablations(tiny_bundle)) == {"ranking off"}  # it has no intensity prior to take away
+    with_prior = with_overrides(tiny_bundle, {"intensity_prior": 0.1})
+    assert set(applicable_ablations(with_prior)) == {"ranking off", "no intensity prior"}
+    assert main(["evaluate", "--model", str(tiny_bundle_dir), "--dataset", str(toy_dataset), "--split", "test",
+                 "--ablation", "no intensity prior", "--out", str(tmp_path / "r")]) == 1
 
 
 def test_the_registries_know_the_shipped_methods():

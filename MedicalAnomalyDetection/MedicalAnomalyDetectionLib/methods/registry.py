@@ -66,6 +66,20 @@ def with_overrides(bundle: Bundle, overrides: dict) -> Bundle:
     return variant
 
 
+def applicable_ablations(bundle: Bundle) -> dict[str, dict]:
+    """The ablations of ``bundle``'s method that change what this model does (not, e.g., "no intensity prior" on a
+    model without one), by name: the rows ``compare`` and ``evaluate --ablation`` may score."""
+    base = _settings(bundle)
+    return {name: change for name, change in method_class(bundle.card.method).ablations.items()
+            if _settings(with_overrides(bundle, change)) != base}
+
+
+def _settings(bundle: Bundle) -> object:
+    """What a bundle's method is set to: its built config where it has one (defaults filled in), else its card's."""
+    config = getattr(build_method(bundle, torch.device("cpu")), "config", None)
+    return config if config is not None else bundle.card.hyperparameters
+
+
 def _merge(target: dict, overrides: dict) -> None:
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
