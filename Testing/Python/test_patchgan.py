@@ -53,3 +53,15 @@ def test_score_finds_a_bright_spot_on_a_flat_slice(tiny_bundle):
     assert result.maps.shape == (2, 32, 32) and result.scores.shape == (2,)
     assert result.scores[1] > result.scores[0]
     assert result.maps[1, 12:18, 12:18].mean() > result.maps[1].mean()
+
+
+def test_the_intensity_prior_is_refused_on_a_scale_it_does_not_know(tiny_bundle):
+    from dataclasses import replace
+
+    from MedicalAnomalyDetectionLib.errors import InputError
+    from MedicalAnomalyDetectionLib.methods import build_method, with_overrides
+
+    variant = with_overrides(tiny_bundle, {"intensity_prior": 0.1})
+    variant.card.preprocessing = replace(variant.card.preprocessing, normalisation="zscore")
+    with pytest.raises(InputError, match="assumes the percentile normalisation"):
+        build_method(variant, torch.device("cpu"))

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bundle import Bundle
+from ..errors import InputError
 from ..scoring import PatchRanking, slice_scores
 from .base import SliceResult
 from .registry import register
@@ -185,6 +186,9 @@ class PatchGAN:
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PatchGAN":
         config = PatchGANConfig.from_dict(bundle.card.hyperparameters)
+        if config.intensity_prior and bundle.card.preprocessing.normalisation != "percentile":
+            raise InputError(f"model {bundle.card.name}: the intensity prior assumes the percentile normalisation "
+                             f"(brain median at {BRAIN_MEDIAN}), not {bundle.card.preprocessing.normalisation!r}")
         reconstructor = load_module(Reconstructor(config.widths, config.uncertainty), bundle, "reconstructor")
         return cls(config, reconstructor, device)
 
