@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .preprocessing import foreground_mask
+from .preprocessing import background_value, foreground_mask
 from .volume_io import validate_mask
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,6 @@ def _networks(device: str) -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModu
     if weights is None:
         raise InputError(f"brain extraction needs deepbet's weights: {DEEPBET_INSTALL}")
     return tuple(torch.jit.load(str(path), map_location=device).eval() for path in weights)
-
-
-def background_value(array: np.ndarray) -> float:
-    """The value of the volume's corners (their median): what a scanner or a skull-stripping tool left outside."""
-    corners = np.array([array[z, y, x] for z in (0, -1) for y in (0, -1) for x in (0, -1)])
-    return float(np.median(corners))
 
 
 def _foreground(image: sitk.Image) -> np.ndarray:

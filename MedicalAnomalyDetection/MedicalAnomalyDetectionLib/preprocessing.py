@@ -34,6 +34,12 @@ class PreparedVolume:
         return self.mask.sum(axis=(1, 2))
 
 
+def background_value(array: np.ndarray) -> float:
+    """The value of the volume's corners (their median): what a scanner or a skull-stripping tool left outside."""
+    corners = np.array([array[z, y, x] for z in (0, -1) for y in (0, -1) for x in (0, -1)])
+    return float(np.median(corners))
+
+
 def foreground_mask(image: sitk.Image) -> sitk.Image:
     """A head/brain foreground mask for inputs without a brain mask: the largest non-background component, filled.
 
@@ -41,8 +47,7 @@ def foreground_mask(image: sitk.Image) -> sitk.Image:
     background value; others are thresholded with Otsu's method.
     """
     array = sitk.GetArrayViewFromImage(image)
-    corners = np.array([array[z, y, x] for z in (0, -1) for y in (0, -1) for x in (0, -1)])
-    background = float(np.median(corners))
+    background = background_value(array)
     if np.mean(array == background) > 0.2:
         fg = sitk.Cast(sitk.NotEqual(image, background), sitk.sitkUInt8)
     else:
