@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -81,6 +84,26 @@ def _write_case(folder, seed, lesion):
     sitk.WriteImage(make_image(array), str(folder / "flair.nii.gz"))
     sitk.WriteImage(make_image((array > 0).astype(np.uint8)), str(folder / "brain.nii.gz"))
     sitk.WriteImage(make_image((array == 250.0).astype(np.uint8)), str(folder / "lesion.nii.gz"))
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody can write into, root included: mode 0o500, and for root the immutable attribute (chattr +i),
+    since root ignores permission bits. Skipped only where neither holds (checked by trying to write)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    try:
+        (folder / "probe").write_bytes(b"")
+    except OSError:
+        yield folder
+    else:
+        pytest.skip("cannot make a read-only folder on this file system")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o700)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -65,12 +64,10 @@ def test_2d_input(tiny_bundle_dir, tmp_path, capsys):
     assert "2D" in _error_line(capsys)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output_dir(volume_file, tiny_bundle_dir, tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    assert main([str(volume_file), "--model", str(tiny_bundle_dir), "--output-dir", str(locked / "o")]) == 1
+def test_unwritable_output_dir(volume_file, tiny_bundle_dir, read_only_dir, capsys):
+    assert main([str(volume_file), "--model", str(tiny_bundle_dir), "--output-dir", str(read_only_dir / "o")]) == 1
     assert "not writable" in _error_line(capsys)
+    assert list(read_only_dir.iterdir()) == []
 
 
 def test_output_dir_that_is_a_file(volume_file, tiny_bundle_dir, tmp_path, capsys):

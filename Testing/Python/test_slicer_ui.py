@@ -20,8 +20,11 @@ QtUiTools = pytest.importorskip("PySide6.QtUiTools")
 REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "Resources" / "UI" / "MedicalAnomalyDetection.ui"
 PACKAGE = REPO / "MedicalAnomalyDetection" / "MedicalAnomalyDetectionSlicer"
-STAND_INS = ("ctkCollapsibleButton", "ctkSliderWidget", "ctkPathLineEdit", "qMRMLNodeComboBox",
-             "qMRMLCheckableNodeComboBox", "qMRMLWidget")
+# Module-level, so the classes outlive every QUiLoader that instantiates them: a stand-in class created inline and
+# collected before QUiLoader.load() made PySide6 dereference a freed type (a segmentation fault).
+STAND_INS = tuple(type(name, (QtWidgets.QWidget,), {}) for name in (
+    "ctkCollapsibleButton", "ctkSliderWidget", "ctkPathLineEdit", "qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox",
+    "qMRMLWidget"))
 
 # What the panel code expects each widget it touches to be.
 EXPECTED_CLASSES = {
@@ -44,8 +47,8 @@ EXPECTED_CLASSES = {
 def panel():
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     loader = QtUiTools.QUiLoader()
-    for name in STAND_INS:
-        loader.registerCustomWidget(type(name, (QtWidgets.QWidget,), {}))
+    for stand_in in STAND_INS:
+        loader.registerCustomWidget(stand_in)
     widget = loader.load(str(UI_FILE))
     assert widget is not None, loader.errorString()
     yield widget

@@ -6,14 +6,16 @@ Run from the repository root: ``QT_QPA_PLATFORM=offscreen python docs/images/ren
 
 from PySide6 import QtUiTools, QtWidgets
 
-STAND_INS = {"ctkCollapsibleButton": QtWidgets.QGroupBox, "ctkSliderWidget": QtWidgets.QDoubleSpinBox,
-             "ctkPathLineEdit": QtWidgets.QLineEdit, "qMRMLNodeComboBox": QtWidgets.QComboBox,
-             "qMRMLCheckableNodeComboBox": QtWidgets.QComboBox, "qMRMLWidget": QtWidgets.QWidget}
+# Kept referenced for the whole run: QUiLoader instantiates these classes and must never meet a collected one.
+STAND_INS = [type(name, (base,), {}) for name, base in (
+    ("ctkCollapsibleButton", QtWidgets.QGroupBox), ("ctkSliderWidget", QtWidgets.QDoubleSpinBox),
+    ("ctkPathLineEdit", QtWidgets.QLineEdit), ("qMRMLNodeComboBox", QtWidgets.QComboBox),
+    ("qMRMLCheckableNodeComboBox", QtWidgets.QComboBox), ("qMRMLWidget", QtWidgets.QWidget))]
 
 app = QtWidgets.QApplication([])
 loader = QtUiTools.QUiLoader()
-for name, base in STAND_INS.items():
-    loader.registerCustomWidget(type(name, (base,), {}))
+for stand_in in STAND_INS:
+    loader.registerCustomWidget(stand_in)
 panel = loader.load("Resources/UI/MedicalAnomalyDetection.ui")
 for box in panel.findChildren(QtWidgets.QGroupBox):
     box.setTitle(box.property("text") or "")
