@@ -137,14 +137,36 @@ def list_volumes(inputs: Iterable[Path]) -> list[ListedVolume]:
     return listed
 
 
+def distinct_names(paths: list[Path]) -> list[str]:
+    """A name per path: its volume name, or, where several paths share one (``p07/flair.nii.gz``,
+    ``p19/flair.nii.gz``), the fewest parent folders that tell them apart joined to it (``p07_flair``,
+    ``p19_flair``). The same path twice keeps its plain name (the caller refuses it)."""
+    names = [volume_name(path) for path in paths]
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(name, []).append(index)
+    for name, indices in groups.items():
+        folders = [paths[i].parent.parts for i in indices]
+        if len(indices) == 1 or len(set(folders)) == 1:
+            continue
+        depth = next(k for k in range(1, max(map(len, folders)) + 1)
+                     if len({parts[-k:] for parts in folders}) == len(set(folders)))
+        for i, parts in zip(indices, folders):
+            names[i] = "_".join((*parts[-depth:], name))
+    return names
+
+
 def items_from_inputs(inputs: Iterable[Path], output_dir: Path, masking: str) -> list[CohortItem]:
     """The cohort named by ``inputs`` (see :func:`list_volumes`), each volume's outputs in its own folder under
-    ``output_dir`` (or the CSV's output_dir, relative to it); volumes without a brain mask get ``masking``."""
+    ``output_dir`` named as in :func:`distinct_names` (or the CSV's output_dir, relative to it); volumes without a
+    brain mask get ``masking``."""
     output_dir = Path(output_dir).resolve()
-    return check_unique([CohortItem(volume_name(v.image), v.image, str(v.brain_mask) if v.brain_mask else masking,
+    listed = list_volumes(inputs)
+    names = distinct_names([v.image for v in listed])
+    return check_unique([CohortItem(name, v.image, str(v.brain_mask) if v.brain_mask else masking,
                                     OutputPaths(_resolved(v.output_dir, output_dir) if v.output_dir
-                                                else output_dir / volume_name(v.image)))
-                         for v in list_volumes(inputs)])
+                                                else output_dir / name))
+                         for name, v in zip(names, listed)])
 
 
 def check_unique(items: list[CohortItem]) -> list[CohortItem]:
@@ -154,7 +176,7 @@ def check_unique(items: list[CohortItem]) -> list[CohortItem]:
         other = seen.setdefault(item.outputs.report_path, item)
         if other is not item:
             raise InputError(f"{other.input} and {item.input} would write the same outputs ({item.outputs.folder}); "
-                             "list them in a CSV with an output_dir column")
+                             "give each its own output_dir in a CSV list")
     return items
 
 

@@ -3,8 +3,9 @@
 A NIfTI whose voxel data end early (an interrupted download or copy, a ``.nii.gz`` cut anywhere) is read with the
 missing voxels as zeros, NaN and infinite NIfTI voxels are read as zeros, and header spacings that are not positive
 are quietly replaced (a NIfTI ``pixdim`` or a MetaImage ``ElementSpacing`` of 0 becomes 1 mm, a negative one a
-flipped axis). :func:`check_volume_file` refuses such files before SimpleITK sees them; NRRD and MetaImage voxel data
-that end early are refused by SimpleITK itself, and their NaN voxels reach ``volume_io.validate_volume``.
+flipped axis). :func:`check_volume_file` refuses the damaged files before SimpleITK sees them and finds where a
+NIfTI's NaN/Inf voxels are, so that ``volume_io.read_volume`` can put them back for ``volume_io.validate_volume``
+(as NRRD and MetaImage files keep them); NRRD and MetaImage voxel data that end early are refused by SimpleITK.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 MAX_HEADER_LINES = 200  # a MetaImage header is a few dozen lines; past this it is binary data
 
 
-def check_volume_file(path: Path) -> None:
+def check_volume_file(path: Path) -> np.ndarray:
     """Raise :class:`InputError` when ``path`` is empty, a NIfTI holding fewer voxel bytes than its header promises
-    (or a ``.nii.gz`` whose gzip stream ends early or is damaged) or NaN/Inf voxels, or a NIfTI/MetaImage header with
-    a voxel spacing that is not a positive finite number."""
+    (or a ``.nii.gz`` whose gzip stream ends early or is damaged), or a NIfTI/MetaImage header with a voxel spacing
+    that is not a positive finite number. Returns the flat indices (in storage order, which is the order of
+    ``sitk.GetArrayFromImage(...).ravel()``) of a NIfTI's NaN/Inf voxels, which SimpleITK reads as 0; empty for
+    other formats."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise InputError(f"cannot read {path}: the file is empty")
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        _check_nifti(path, compressed=name.endswith(".gz"))
-    elif name.endswith((".mha", ".mhd")):
+        return _check_nifti(path, compressed=name.endswith(".gz"))
+    if name.endswith((".mha", ".mhd")):
         _check_metaimage(path)
+    return np.empty(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class NiftiHeader:
     order: str  # byte order, "<" or ">"
 
 
-def _check_nifti(path: Path, compressed: bool) -> None:
+def _check_nifti(path: Path, compressed: bool) -> np.ndarray:
     header = _nifti_header(_read_head(path, compressed, 540), path)
     _check_spacing(header.spacing, path)
     needed = header.offset + math.prod(header.dims) * header.bitpix // 8
@@ -65,9 +69,7 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     if stored < needed:
         raise InputError(f"cannot read {path}: the file is truncated (its header promises {needed} bytes, it holds "
                          f"{stored}); copy or download it again")
-    if non_finite:
-        raise InputError(f"cannot read {path}: it holds {non_finite} NaN/Inf voxels (SimpleITK would read them as 0); "
-                         "clean them before detection")
+    return non_finite[non_finite < math.prod(header.dims)]  # not past the voxel data
 
 
 def _read_head(path: Path, compressed: bool, count: int) -> bytes:
@@ -97,23 +99,25 @@ def _nifti_header(head: bytes, path: Path) -> NiftiHeader:
     raise InputError(f"cannot read {path}: not a NIfTI file (its header is missing or damaged)")
 
 
-def _scan(path: Path, compressed: bool, offset: int, floats: np.dtype | None) -> tuple[int, int]:
-    """(bytes in the file, or in its whole gzip stream, read to its end so its checksum is verified; how many
-    values of ``floats`` after ``offset`` are NaN or infinite)."""
+def _scan(path: Path, compressed: bool, offset: int, floats: np.dtype | None) -> tuple[int, np.ndarray]:
+    """(bytes in the file, or in its whole gzip stream, read to its end so its checksum is verified; the indices of
+    the values of ``floats`` after ``offset`` that are NaN or infinite)."""
+    none = np.empty(0, np.int64)
     if floats is None and not compressed:
-        return path.stat().st_size, 0
-    total, non_finite = 0, 0
+        return path.stat().st_size, none
+    total, found, items = 0, [none], 0
     try:
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
             total += len(stream.read(offset))
             while chunk := stream.read(CHUNK_BYTES):
                 total += len(chunk)
                 if floats is not None:
-                    usable = len(chunk) - len(chunk) % floats.itemsize
-                    non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], floats))))
+                    values = np.frombuffer(chunk[:len(chunk) - len(chunk) % floats.itemsize], floats)
+                    found.append(items + np.flatnonzero(~np.isfinite(values)))
+                    items += len(values)
     except _GZIP_ERRORS as error:
         raise _damaged_gzip(path, error) from None
-    return total, non_finite
+    return total, np.concatenate(found)
 
 
 def _damaged_gzip(path: Path, error: Exception) -> InputError:

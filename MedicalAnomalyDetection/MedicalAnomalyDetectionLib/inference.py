@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,6 +39,7 @@ class Detection:
     model: str
     device: str
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # what was done to the input to read it (e.g. NaN voxels)
 
     @property
     def most_anomalous_slice(self) -> int:
@@ -76,6 +77,7 @@ class StagedVolume:
     brain: BrainMask
     device: torch.device  # where the brain extraction ran and the method is to run
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = None,
@@ -84,13 +86,15 @@ def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | Non
     """Validate ``image``, find its brain mask (as :func:`detect` says) and prepare it as ``bundle``'s card says."""
     started = time.perf_counter()
     report = sub_progress(progress, 0.0, 1.0)
-    image = validate_volume(image)
+    warnings: list[str] = []
+    image = validate_volume(image, warnings=warnings)
     report(0.0, "finding the brain")
     brain = brain_mask_for(image, brain_mask, masking, device)
     check_cancel(cancel)
     report(0.5, "preparing volume")
     prepared = prepare_volume(image, bundle.card.preprocessing, brain.mask)
-    return StagedVolume(prepared=prepared, brain=brain, device=device, seconds=time.perf_counter() - started)
+    return StagedVolume(prepared=prepared, brain=brain, device=device, seconds=time.perf_counter() - started,
+                        warnings=warnings)
 
 
 def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int = 16,
@@ -126,7 +130,7 @@ def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshol
                      slice_axis=staged.prepared.slice_axis, slice_eligible=scores.eligible,
                      volume_score=scores.volume_score, brain=staged.brain, threshold=threshold,
                      model=bundle.card.name, device=str(staged.device),
-                     seconds=staged.seconds + time.perf_counter() - started)
+                     seconds=staged.seconds + time.perf_counter() - started, warnings=list(staged.warnings))
 
 
 def pixel_threshold(bundle: Bundle, threshold: float | None = None) -> float:

@@ -49,7 +49,8 @@ def detection_report(result: Detection, bundle: Bundle, source: Path | str, warn
             "masking": result.brain.how, "slice_axis": result.slice_axis,
             "most_anomalous_slice": result.most_anomalous_slice,
             "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
-            "device": result.device, "seconds": round(result.seconds, 3), "warnings": warnings, **(extra or {})}
+            "device": result.device, "seconds": round(result.seconds, 3), "warnings": [*warnings, *result.warnings],
+            **(extra or {})}
 
 
 def _write_slice_scores(result: Detection, path: Path, delimiter: str) -> None:

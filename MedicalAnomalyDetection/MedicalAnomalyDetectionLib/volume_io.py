@@ -22,6 +22,7 @@ MIN_INPLANE_VOXELS = 16
 # A volume whose voxels (a sample of about LABEL_SAMPLE of them) take at most this many integer values is a label map.
 MAX_LABEL_VALUES = 8
 LABEL_SAMPLE = 200_000
+MAX_NON_FINITE_SHARE = 0.5  # more NaN/Inf voxels than this share: not a volume with a glitch but no volume at all
 FLOAT32_EXACT = 2.0 ** 24  # every integer up to this magnitude is exact in float32
 
 
@@ -41,11 +42,22 @@ def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_dicom_series_files(path, series))
             return reader.Execute()
-        check_volume_file(path)
-        return sitk.ReadImage(str(path))
+        non_finite = check_volume_file(path)
+        image = sitk.ReadImage(str(path))
     except (RuntimeError, OSError, ValueError) as error:  # SimpleITK, the file itself, malformed DICOM values
         reason = error.strerror if isinstance(error, OSError) and error.strerror else _last_line(error)
         raise InputError(f"cannot read {path}: {reason}") from None
+    return _with_nan_at(image, non_finite) if len(non_finite) else image
+
+
+def _with_nan_at(image: sitk.Image, flat_indices: np.ndarray) -> sitk.Image:
+    """``image`` (as float32) with NaN at ``flat_indices``: the NaN/Inf voxels of a NIfTI, which SimpleITK read as 0,
+    put back so that :func:`validate_volume` sees them as it sees those of other formats."""
+    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    array.reshape(-1)[flat_indices] = np.nan
+    restored = sitk.GetImageFromArray(array, isVector=False)
+    restored.CopyInformation(image)
+    return restored
 
 
 def _dicom_series_files(folder: Path, series: str | None) -> list[str]:
@@ -96,13 +108,14 @@ def _check_slice_positions(files: list[str], folder: Path) -> None:
                          f"{gaps.max():.3g} mm): a slice is missing or duplicated; export the complete series")
 
 
-def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
+def validate_volume(image: sitk.Image, name: str = "volume", warnings: list[str] | None = None) -> sitk.Image:
     """Return a float32 3D scalar copy of ``image`` or raise :class:`InputError` saying what is wrong.
 
     A trailing singleton fourth axis is squeezed (with a log message); 2D, 4D and vector images, empty, constant,
-    NaN/Inf-holding volumes, absurd spacings and direction matrices that are not orthonormal are refused. Voxels
-    beyond float32's exact integer range are shifted by the volume's minimum first (see :func:`_as_float32`). The
-    caller's image is never modified.
+    mostly NaN/Inf volumes, absurd spacings and direction matrices that are not orthonormal are refused. A few NaN/Inf
+    voxels (an export glitch) are set to the background value, with a warning logged and appended to ``warnings``.
+    Voxels beyond float32's exact integer range are shifted by the volume's minimum first (see :func:`_as_float32`).
+    The caller's image is never modified.
     """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -131,10 +144,12 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
     image = _as_float32(image, name)
     array = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(array)
-    if not finite.any():
-        raise InputError(f"{name} holds no finite values (all NaN/Inf)")
     if not finite.all():
-        raise InputError(f"{name} holds {int((~finite).sum())} NaN/Inf voxels; clean them before detection")
+        image, warning = _background_for_non_finite(image, finite, name)
+        log.warning(warning)
+        if warnings is not None:
+            warnings.append(warning)
+        array = sitk.GetArrayViewFromImage(image)
     if float(array.max()) == float(array.min()):
         raise InputError(f"{name} is constant (every voxel is {float(array.min()):g}); nothing to detect")
     sample = array.ravel()[::max(1, array.size // LABEL_SAMPLE)]
@@ -143,6 +158,23 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> sitk.Image:
         raise InputError(f"{name} looks like a label map or mask (only the values "
                          f"{', '.join(f'{v:g}' for v in values)}), not an MRI volume")
     return image
+
+
+def _background_for_non_finite(image: sitk.Image, finite: np.ndarray, name: str) -> tuple[sitk.Image, str]:
+    """``image`` with its NaN/Inf voxels set to the background value (the median of the finite corner voxels, else
+    the lowest finite value), and the warning to give; an InputError when at most half of the voxels are finite."""
+    bad = int(finite.size - np.count_nonzero(finite))
+    share = bad / finite.size
+    if share > MAX_NON_FINITE_SHARE:
+        raise InputError(f"{name} holds {bad} NaN/Inf voxels ({share:.0%} of the volume); it is not a readable MRI")
+    array = sitk.GetArrayFromImage(image)
+    corners = np.array([array[z, y, x] for z in (0, -1) for y in (0, -1) for x in (0, -1)])
+    corners = corners[np.isfinite(corners)]
+    background = float(np.median(corners)) if len(corners) else float(array[finite].min())
+    array[~finite] = background
+    repaired = sitk.GetImageFromArray(array)
+    repaired.CopyInformation(image)
+    return repaired, (f"{name}: {bad} NaN/Inf voxels ({share:.2%}) were read as the background value {background:g}")
 
 
 def _as_float32(image: sitk.Image, name: str) -> sitk.Image:

@@ -253,7 +253,7 @@ class MedicalAnomalyDetectionLogic:
             sliceThreshold=card.thresholds.get("slice"), sliceAxis=detection.slice_axis,
             mostAnomalousSlice=detection.most_anomalous_slice,
             anomalousVoxels=int(labelArray.sum()), flaggedSlices=detection.flagged_slices(card.thresholds.get("slice")),
-            warnings=list(job.warnings))
+            warnings=[*job.warnings, *detection.warnings])
         return self.lastOutputs
 
     def relabel(self, threshold: float) -> DetectionOutputs:

@@ -5,6 +5,7 @@ import csv
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from MedicalAnomalyDetectionLib.bids import find_images, parse_name
 from MedicalAnomalyDetectionLib.cli import main
-from MedicalAnomalyDetectionLib.cohort import ahead, items_from_inputs, run_cohort
+from MedicalAnomalyDetectionLib.cohort import ahead, distinct_names, items_from_inputs, run_cohort
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import pixel_threshold
 from MedicalAnomalyDetectionLib.methods import build_method
@@ -139,11 +140,32 @@ def test_csv_cohort_with_masks_and_output_folders(tmp_path, tiny_bundle_dir):
         items_from_inputs([listing], out, "auto")
 
 
-def test_two_inputs_with_one_name_are_refused(tmp_path, tiny_bundle_dir, capsys):
-    for folder in ("x", "y"):
-        _write(tmp_path / folder / "case.nii.gz", head_array())
-    assert main([str(tmp_path / "x" / "case.nii.gz"), str(tmp_path / "y" / "case.nii.gz"), "--model",
-                 str(tiny_bundle_dir), "--output-dir", str(tmp_path / "out")]) == 1
+def test_same_named_files_in_patient_folders_get_their_own_outputs(tmp_path, tiny_bundle_dir):
+    for patient, seed in (("patient07", 1), ("patient19", 2)):
+        _write(tmp_path / "site" / patient / "flair.nii.gz", head_array(seed=seed))
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "site" / p / "flair.nii.gz") for p in ("patient07", "patient19")]
+    assert main([*inputs, "--model", str(tiny_bundle_dir), "--output-dir", str(out), "--device", "cpu"]) == 0
+    rows = {row["volume"]: row for row in _table(out / "cohort.csv")}
+    assert sorted(rows) == ["patient07_flair", "patient19_flair"]
+    for name, patient in (("patient07_flair", "patient07"), ("patient19_flair", "patient19")):
+        assert rows[name]["input"] == str(tmp_path / "site" / patient / "flair.nii.gz")
+        assert rows[name]["output"] == str(out / name)
+        assert json.loads((out / name / "report.json").read_text())["volume_score"] == pytest.approx(
+            float(rows[name]["volume_score"]))
+    assert (json.loads((out / "patient07_flair" / "report.json").read_text())["volume_score"]
+            != json.loads((out / "patient19_flair" / "report.json").read_text())["volume_score"])
+
+
+def test_distinct_names_use_the_fewest_folders_that_tell_paths_apart():
+    paths = [Path("/d/siteA/p1/flair.nii.gz"), Path("/d/siteB/p1/flair.nii.gz"), Path("/d/siteA/p2/flair.nii.gz"),
+             Path("/d/other/t1.nii.gz"), Path("/d/x/case.nii"), Path("/d/y/z/case.nrrd")]
+    assert distinct_names(paths) == ["siteA_p1_flair", "siteB_p1_flair", "siteA_p2_flair", "t1", "x_case", "z_case"]
+
+
+def test_the_same_file_twice_is_refused(tmp_path, tiny_bundle_dir, capsys):
+    path = _write(tmp_path / "x" / "case.nii.gz", head_array())
+    assert main([str(path), str(path), "--model", str(tiny_bundle_dir), "--output-dir", str(tmp_path / "out")]) == 1
     assert "same outputs" in capsys.readouterr().err
 
 
