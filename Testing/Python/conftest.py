@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -116,3 +117,30 @@ def toy_dataset(tmp_path):
             _write_case(root / case, seed=sum(map(ord, case)), lesion=split == "test" and i > 0)
     (root / "dataset.json").write_text(json.dumps({"name": "toy", "licence": "CC BY-NC test", "splits": splits}))
     return root
+
+
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (CI's second pass, so an order dependence shows)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Slicer/Qt tests (``test_slicer*``) run with the cyclic garbage collector at its most eager (threshold 1), module
+    fixtures included: a Python object that Qt or VTK still uses but nothing in Python keeps alive is then freed at
+    once and crashes the run every time, instead of only when a collection happens to fall in between."""
+    if not item.module.__name__.startswith("test_slicer"):
+        return (yield)
+    before = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        return (yield)
+    finally:
+        gc.set_threshold(*before)
