@@ -95,11 +95,12 @@ def find_images(root: Path, suffix: str, subjects: tuple[str, ...] = (),
 def derivative_outputs(image: BidsImage, derivatives: Path) -> OutputPaths:
     """Our outputs for ``image`` under the derivative dataset ``derivatives``, named ``<source entities>_`` and
     ``desc-anomaly_map.nii.gz`` (its JSON sidecar is the report), ``desc-anomaly_mask.nii.gz``,
-    ``desc-brain_mask.nii.gz``, ``desc-anomaly_slicescores.tsv``."""
+    ``desc-brain_mask.nii.gz``, ``desc-anomaly_slicescores.tsv``, ``desc-anomaly_regions.tsv``."""
     base = "_".join(f"{key}-{value}" for key, value in image.entities)
     return OutputPaths(Path(derivatives) / image.relative_folder(), anomaly_map=f"{base}_desc-anomaly_map.nii.gz",
                        label_map=f"{base}_desc-anomaly_mask.nii.gz", brain_mask=f"{base}_desc-brain_mask.nii.gz",
-                       slice_scores=f"{base}_desc-anomaly_slicescores.tsv", report=f"{base}_desc-anomaly_map.json")
+                       slice_scores=f"{base}_desc-anomaly_slicescores.tsv", regions=f"{base}_desc-anomaly_regions.tsv",
+                       report=f"{base}_desc-anomaly_map.json")
 
 def sidecar_fields(image: BidsImage, root: Path) -> dict:
     """What BIDS asks of a derivative's sidecar: where it came from."""

@@ -57,6 +57,8 @@ class Row:
     volume_score: float | None = None
     flagged_slices: int | None = None
     anomalous_voxels: int | None = None
+    region_count: int | None = None
+    regions_ml: float | None = None
     seconds: float | None = None
     error: str = ""
     output: str = ""
@@ -65,6 +67,7 @@ class Row:
     def from_report(cls, item: CohortItem, report: dict, status: str) -> "Row":
         return cls(volume=item.name, input=str(item.input), status=status, volume_score=report["volume_score"],
                    flagged_slices=report.get("flagged_slices"), anomalous_voxels=report.get("anomalous_voxels"),
+                   region_count=report.get("region_count"), regions_ml=report.get("regions_ml"),
                    seconds=report.get("seconds"), output=str(item.outputs.folder))
 
 

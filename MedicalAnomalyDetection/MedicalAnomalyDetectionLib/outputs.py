@@ -7,13 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from .bundle import Bundle
 from .errors import InputError
+from .findings import Region, find_regions, write_regions
+from .findings import summary as regions_summary
 from .inference import Detection
 from .volume_io import write_image, write_outputs
 
@@ -27,6 +29,7 @@ class OutputPaths:
     label_map: str = "anomaly_label.nii.gz"
     brain_mask: str = "brain_mask.nii.gz"
     slice_scores: str = "slice_scores.csv"  # .csv or .tsv: slice_index, score
+    regions: str = "regions.csv"  # .csv or .tsv: the findings (findings.COLUMNS)
     report: str = "report.json"
 
     @property
@@ -35,20 +38,22 @@ class OutputPaths:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        names = (self.anomaly_map, self.label_map, self.brain_mask, self.slice_scores, self.report)
+        names = (self.anomaly_map, self.label_map, self.brain_mask, self.slice_scores, self.regions, self.report)
         return tuple(self.folder / name for name in names)
 
 
 def detection_report(result: Detection, bundle: Bundle, source: Path | str, warnings: list[str],
                      extra: dict | None = None) -> dict:
-    """What ``report.json`` says about one run (``extra`` fields appended)."""
+    """What ``report.json`` says about one run (``extra`` fields appended), its findings included."""
     slice_threshold = bundle.card.thresholds.get("slice")
+    regions = find_regions(result.label_map, result.anomaly_map, result.slice_axis)
     return {"input": str(source), "model": result.model, "model_version": bundle.card.version,
             "volume_score": result.volume_score, "slice_threshold": slice_threshold,
             "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
             "masking": result.brain.how, "slice_axis": result.slice_axis,
             "most_anomalous_slice": result.most_anomalous_slice,
             "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
+            **regions_summary(regions), "regions": [asdict(region) for region in regions],
             "device": result.device, "seconds": round(result.seconds, 3), "warnings": [*warnings, *result.warnings],
             **(extra or {})}
 
@@ -62,18 +67,21 @@ def _write_slice_scores(result: Detection, path: Path, delimiter: str) -> None:
 
 
 def write_detection(result: Detection, report: dict, paths: OutputPaths, inputs: tuple[Path, ...] = ()) -> None:
-    """Write the map, label map, brain mask, slice scores and ``report`` of one run (the folder is created)."""
+    """Write the map, label map, brain mask, slice scores, findings (``report["regions"]``) and ``report`` of one run
+    (the folder is created)."""
     try:
         paths.folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"output folder is not writable: {paths.folder} ({error.strerror})") from None
     paths.report_path.unlink(missing_ok=True)
     delimiter = "\t" if paths.slice_scores.endswith(".tsv") else ","
+    regions = [Region(**region) for region in report["regions"]]
     write_outputs(paths.folder, {
         paths.anomaly_map: lambda path: write_image(result.anomaly_map, path),
         paths.label_map: lambda path: write_image(result.label_map, path),
         paths.brain_mask: lambda path: write_image(result.brain.mask, path),
         paths.slice_scores: lambda path: _write_slice_scores(result, path, delimiter),
+        paths.regions: lambda path: write_regions(regions, path, "\t" if paths.regions.endswith(".tsv") else ","),
         paths.report: lambda path: path.write_text(json.dumps(report, indent=2) + "\n")}, inputs)
 
 

@@ -16,6 +16,7 @@ from MedicalAnomalyDetectionLib.bids import find_images, parse_name
 from MedicalAnomalyDetectionLib.cli import main
 from MedicalAnomalyDetectionLib.cohort import ahead, distinct_names, items_from_inputs, run_cohort
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.findings import COLUMNS
 from MedicalAnomalyDetectionLib.inference import pixel_threshold
 from MedicalAnomalyDetectionLib.methods import build_method
 from training.cli import main as training_main
@@ -61,6 +62,8 @@ def test_a_folder_gives_a_folder_per_volume_and_a_table_and_goes_on_past_a_failu
         assert float(rows[name]["volume_score"]) == pytest.approx(report["volume_score"])
         assert int(rows[name]["anomalous_voxels"]) == report["anomalous_voxels"]
         assert int(rows[name]["flagged_slices"]) == report["flagged_slices"]
+        assert int(rows[name]["region_count"]) == report["region_count"] == len(report["regions"])
+        assert float(rows[name]["regions_ml"]) == pytest.approx(sum(r["ml"] for r in report["regions"]), abs=1e-3)
     # the same volume run alone gives the same result as in the cohort
     assert main([str(cohort_folder / "case1.nii.gz"), "--model", str(tiny_bundle_dir), "--output-dir",
                  str(tmp_path / "alone"), "--device", "cpu"]) == 0
@@ -258,7 +261,8 @@ def test_bids_cohort_writes_derivatives(bids_root, tiny_bundle_dir):
     anat = derivatives / "sub-01" / "ses-2" / "anat"
     assert sorted(p.name for p in anat.iterdir()) == [
         "sub-01_ses-2_desc-anomaly_map.json", "sub-01_ses-2_desc-anomaly_map.nii.gz",
-        "sub-01_ses-2_desc-anomaly_mask.nii.gz", "sub-01_ses-2_desc-anomaly_slicescores.tsv",
+        "sub-01_ses-2_desc-anomaly_mask.nii.gz", "sub-01_ses-2_desc-anomaly_regions.tsv",
+        "sub-01_ses-2_desc-anomaly_slicescores.tsv",
         "sub-01_ses-2_desc-brain_mask.nii.gz"]
     sidecar = json.loads((anat / "sub-01_ses-2_desc-anomaly_map.json").read_text())
     assert sidecar["Sources"] == ["bids:raw:sub-01/ses-2/anat/sub-01_ses-2_FLAIR.nii.gz"]
@@ -268,6 +272,8 @@ def test_bids_cohort_writes_derivatives(bids_root, tiny_bundle_dir):
     assert not (derivatives / "sub-02").exists()
     scores = _table(anat / "sub-01_ses-2_desc-anomaly_slicescores.tsv", "\t")
     assert len(scores) == 24 and set(scores[0]) == {"slice_index", "score"}
+    regions = _table(anat / "sub-01_ses-2_desc-anomaly_regions.tsv", "\t")
+    assert len(regions) == sidecar["region_count"] and (not regions or set(regions[0]) == set(COLUMNS))
 
 
 def test_derivatives_in_the_raw_root_never_replace_its_description(bids_root, tiny_bundle_dir, capsys):
