@@ -1,7 +1,9 @@
 """Model bundles: a folder with ``card.json`` (the model card) and, for learned methods, ``weights.pt``.
 
 Weights are a plain ``state_dict`` saved with :func:`torch.save` and read back with ``weights_only=True``, so loading
-a bundle never unpickles arbitrary objects; the card's sha256 must match the weights file byte for byte.
+a bundle never unpickles arbitrary objects; the card's sha256 must match the weights file byte for byte. Every model's
+card ships with the package; the weights of catalogued models that do not are fetched on first use into
+:func:`user_models_dir` (``catalogue``, docs/models.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .card import ModelCard
 from .errors import InputError
+from .progress import ProgressCallback
 
 if TYPE_CHECKING:
     import torch
@@ -38,15 +41,20 @@ def bundled_models_dir() -> Path:
 
 
 def user_models_dir() -> Path:
-    """Where models the user fits (e.g. few-shot PathoSCOPE from their own references) are saved and found by name:
-    ``$MAD_USER_MODELS_DIR`` or ``~/.MedicalAnomalyDetection/Models``."""
+    """Where models the user fits (e.g. few-shot PathoSCOPE from their own references), installs or downloads are
+    saved and found by name: ``$MAD_USER_MODELS_DIR`` or ``~/.MedicalAnomalyDetection/Models``."""
     return Path(os.environ.get("MAD_USER_MODELS_DIR", Path.home() / ".MedicalAnomalyDetection" / "Models"))
 
 
 def _model_folders() -> list[Path]:
-    """Bundle folders of the bundled models, then of the user's models, each sorted by name."""
-    return [folder for root in (bundled_models_dir(), user_models_dir()) for folder in sorted(root.glob("*"))
-            if (folder / CARD_FILE).exists()]
+    """Bundle folders of the bundled models, then of the user's models not named like a bundled one (a downloaded
+    copy of a catalogued model), each sorted by name; dot-folders (downloads under way) are left out."""
+    folders: dict[str, Path] = {}
+    for root in (bundled_models_dir(), user_models_dir()):
+        for folder in sorted(root.glob("*")):
+            if not folder.name.startswith(".") and folder.name not in folders and (folder / CARD_FILE).exists():
+                folders[folder.name] = folder
+    return list(folders.values())
 
 
 @dataclass
@@ -114,9 +122,22 @@ def read_card(folder: Path) -> ModelCard:
     return ModelCard.from_dict(data)
 
 
-def load_bundle(name_or_path: str | Path) -> Bundle:
-    """Load and verify a bundle: card parsed, checksum matched, weights read without unpickling objects."""
+def bundle_folder(name_or_path: str | Path, progress: ProgressCallback | None = None) -> Path:
+    """The bundle folder of ``name_or_path`` that holds its weights: where its card is, or, for a catalogued model
+    whose weights do not ship with the package, the user folder's copy, downloaded first if missing."""
     folder = resolve_bundle_path(name_or_path)
+    card = read_card(folder)
+    if card.sha256 is None or (folder / WEIGHTS_FILE).exists():
+        return folder
+    from .catalogue import installed_copy  # the catalogue builds on this module
+
+    return installed_copy(folder, card, progress)
+
+
+def load_bundle(name_or_path: str | Path, progress: ProgressCallback | None = None) -> Bundle:
+    """Load and verify a bundle: card parsed, checksum matched, weights read without unpickling objects. Weights of
+    a catalogued model that are not here yet are downloaded first (``progress`` hears how far)."""
+    folder = bundle_folder(name_or_path, progress)
     card = read_card(folder)
     if card.sha256 is None:
         return Bundle(card=card, state_dict=None, path=folder)
@@ -157,8 +178,9 @@ def list_bundled_models() -> list[ModelCard]:
 
 
 def list_models() -> list[tuple[ModelCard, Path]]:
-    """Every bundled model, then every model in :func:`user_models_dir`: (card, folder) pairs. A folder whose card
-    cannot be read is left out with a logged warning (one broken bundle must not hide the others)."""
+    """Every bundled model (its card's folder, whether or not its weights are downloaded yet), then every other model
+    in :func:`user_models_dir`: (card, folder) pairs. A folder whose card cannot be read is left out with a logged
+    warning (one broken bundle must not hide the others)."""
     models = []
     for folder in _model_folders():
         try:

@@ -1,7 +1,8 @@
 """``mad-detect``: run a model bundle on a volume file and write the map, label map, slice scores and a report.
 
 Exit status 0 on success; on failure 1 (bad input) or 2 (usage), with a one-line reason on stderr. Several inputs,
-a folder of volumes, a CSV list or ``--bids ROOT`` run as a cohort (``cohort_command``).
+a folder of volumes, a CSV list or ``--bids ROOT`` run as a cohort (``cohort_command``). ``--list-models``,
+``--install-model`` and ``--remove-model`` manage the models (``catalogue``) and need no input.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from . import cohort_command
+from . import catalogue, cohort_command
 from .brain_extraction import MASKING_MODES
-from .bundle import load_bundle
+from .bundle import bundle_folder, load_bundle
 from .errors import InputError
 from .inference import detect
 from .modality import modality_warning
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("input", nargs="*", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder; several, "
                                                  "a folder of volumes or a CSV list run as a cohort")
     parser.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")
-    parser.add_argument("--model", required=True, help="bundled model name or path to a model bundle folder")
+    parser.add_argument("--model", help="model name (see --list-models) or path to a model bundle folder")
     parser.add_argument("--output-dir", type=Path, help="folder for the outputs (created if missing)")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|none|FILE",
                         help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
@@ -44,7 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="pixel threshold (default: the model's calibrated one)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per network batch")
     cohort_command.add_arguments(parser)
+    group = parser.add_argument_group("models (each alone, without inputs; see docs/models.md)")
+    models = group.add_mutually_exclusive_group()
+    models.add_argument("--list-models", action="store_true", help="every model, its licence and where it is")
+    models.add_argument("--install-model", metavar="NAME|PATH", help="download a catalogued model, or install a "
+                        "bundle folder or a catalogued model's weights file, into the user model folder")
+    models.add_argument("--remove-model", metavar="NAME", help="delete a model from the user model folder")
     return parser
+
+
+def _download_progress(fraction: float, stage: str) -> None:
+    print(f"\r[{fraction:4.0%}] {stage:<48}", end="\n" if fraction >= 1 else "", file=sys.stderr, flush=True)
+
+
+def _manage_models(args: argparse.Namespace) -> int:
+    if args.list_models:
+        print(catalogue.format_rows(catalogue.model_rows()))
+    elif args.install_model:
+        folder = catalogue.install_model(args.install_model, progress=_download_progress)
+        print(f"installed {folder.name} in {folder}")
+    else:
+        print(f"removed {catalogue.remove_model(args.remove_model)}")
+    return 0
 
 
 def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
@@ -86,13 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="mad-detect: %(message)s")
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.input and args.bids is None:
+    managing = args.list_models or args.install_model or args.remove_model
+    if managing and (args.input or args.model or args.bids is not None):
+        parser.error("--list-models, --install-model and --remove-model take no inputs and no --model")
+    if not managing and not args.input and args.bids is None:
         parser.error("give an INPUT (or several, a folder of volumes, a CSV list) or --bids ROOT")
+    if not managing and args.model is None:
+        parser.error("the following arguments are required: --model")
     try:
-        if cohort_command.wanted(args):
-            return cohort_command.main(args)
-        if args.output_dir is None:
+        if managing:
+            return _manage_models(args)
+        cohort = cohort_command.wanted(args)
+        if not cohort and args.output_dir is None:
             parser.error("the following arguments are required: --output-dir")
+        bundle_folder(args.model, progress=_download_progress)  # a catalogued model's weights, downloaded if missing
+        if cohort:
+            return cohort_command.main(args)
         args.input = args.input[0]
         report = run(args)
     except InputError as error:

@@ -78,8 +78,11 @@ def test_extension_configures_builds_and_installs_where_the_module_looks(tmp_pat
     assert {str(p.relative_to(modules)) for p in modules.rglob("*.py")} == scripts
 
     resources = REPO / "Resources"
-    expected = {str(p.relative_to(resources)) for pattern in ("UI/*.ui", "Icons/*.png", "Models/*/card.json",
-                                                              "Models/*/weights.pt", "Sample/*/*")
+    bundled = [m["name"] for m in json.loads((resources / "Models" / "catalogue.json").read_text())["models"]
+               if m["source"] == "bundled"]
+    expected = {str(p.relative_to(resources)) for pattern in ("UI/*.ui", "Icons/*.png", "Models/catalogue.json",
+                                                              "Models/*/card.json", "Sample/*/*",
+                                                              *(f"Models/{name}/weights.pt" for name in bundled))
                 for p in resources.glob(pattern)}
     installed = slicer_dir / "Resources"
     assert {str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file()} == expected
@@ -93,6 +96,6 @@ def test_extension_configures_builds_and_installs_where_the_module_looks(tmp_pat
     where = json.loads(looked.stdout)
     assert Path(where["code"]).is_relative_to(modules)  # the installed copy, not the source tree
     assert Path(where["models"]) == installed / "Models"
-    assert sorted(where["names"]) == sorted(p.name for p in (resources / "Models").iterdir())
+    assert sorted(where["names"]) == sorted(p.name for p in (resources / "Models").iterdir() if p.is_dir())
     for path in (where["ui"], where["icon"], *where["sample"]):
         assert Path(path).is_file() and Path(path).is_relative_to(installed), path
