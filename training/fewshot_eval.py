@@ -73,8 +73,20 @@ def run_fewshot_table(method: type[FewShotRecipe], data: SliceSet, data_root: Pa
                                     "fit_seconds": round(seconds, 1)}
                     print(key, results[key])
                 save()
-    (out / "table.md").write_text(markdown(method, results, datasets, shots, ablation_dataset, command) + "\n")
+    table = _this_run(method, results, draws, ablation_draws)
+    (out / "table.md").write_text(markdown(method, table, datasets, shots, ablation_dataset, command) + "\n")
     return results
+
+
+def _this_run(method: type[FewShotRecipe], results: dict, draws: int, ablation_draws: int) -> dict:
+    """The entries of ``results`` that this run's ``draws`` and ``ablation_draws`` name: an earlier run with more
+    draws leaves entries in results.json that must not mix into this run's cells."""
+    def wanted(key: str) -> bool:
+        name, _, draw, _ = key.split("|")
+        if draw == "-":
+            return True
+        return int(draw) < (draws if name == f"{method.label} {method.full_variant}" else ablation_draws)
+    return {key: value for key, value in results.items() if key == SETTINGS_KEY or wanted(key)}
 
 
 def _cell(values: list[float | None]) -> str:
@@ -92,8 +104,7 @@ def markdown(method: type[FewShotRecipe], results: dict, datasets: list[str], sh
     set."""
     label, full = method.label, method.full_variant
     rows = [f"Made by `{command}`. Mean ± std over random draws of the reference cases (the number of draws is in "
-            "brackets; every draw in results.json counts, also those an earlier run with more --draws made); test "
-            "splits, pooled over cases.", ""]
+            "brackets: the command's --draws, --ablation-draws for Table 3); test splits, pooled over cases.", ""]
     results = {key: value for key, value in results.items() if key != SETTINGS_KEY}
     baselines = sorted({key.split("|")[0] for key in results if key.split("|")[1] == "-"})
     for dataset in datasets:
