@@ -1,6 +1,8 @@
 """3D Slicer module: unsupervised anomaly detection in brain MRI. The work is done in ``MedicalAnomalyDetectionLib``
 (Slicer-free core) and ``MedicalAnomalyDetectionSlicer`` (logic, panel); this file only registers them."""
 
+import time
+
 import numpy as np
 import qt
 import slicer
@@ -80,24 +82,26 @@ class MedicalAnomalyDetectionWidget(ScriptedLoadableModuleWidget):
 
 
 class MedicalAnomalyDetectionTest(ScriptedLoadableModuleTest):
-    """Runs the bundled model on the sample case (in a real Slicer only)."""
+    """Runs the bundled model on the sample case through the Logic, then through the panel as a clinician would (in a
+    real Slicer; ``Testing/Python/test_slicer_panel.py`` runs it under a PythonQt emulation with a faster model)."""
+
+    MODEL = "patchgan-flair"
+    TIMEOUT_S = 600  # for one Detect on the CPU
 
     def runTest(self):
         slicer.mrmlScene.Clear()
         self.test_sample_case()
+        slicer.mrmlScene.Clear()
+        self.test_panel()
 
-    def test_sample_case(self):
-        from MedicalAnomalyDetectionSlicer.logic import MedicalAnomalyDetectionLogic
-
+    def _loadSample(self):
         sample = resourcePath("Sample", "mslub-patient19")
         flair = slicer.util.loadVolume(str(sample / "flair.nii.gz"))
         brain = slicer.util.loadLabelVolume(str(sample / "brain.nii.gz"))
         lesion = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(str(sample / "lesion.nii.gz"))) > 0
-        before = slicer.util.arrayFromVolume(flair).copy()
+        return flair, brain, lesion
 
-        outputs = MedicalAnomalyDetectionLogic().process(flair, model="patchgan-flair", brainMask=brain)
-
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(flair), before)
+    def _checkOutputs(self, flair, brain, lesion, outputs):
         for node in (outputs.anomalyMap, outputs.anomalyLabel):
             self.assertEqual(node.GetImageData().GetDimensions(), flair.GetImageData().GetDimensions())
             self.assertEqual(slicer.util.arrayFromVTKMatrix(_ijkToRAS(node)).tolist(),
@@ -105,7 +109,56 @@ class MedicalAnomalyDetectionTest(ScriptedLoadableModuleTest):
         anomaly = slicer.util.arrayFromVolume(outputs.anomalyMap)
         healthy = (slicer.util.arrayFromVolume(brain) > 0) & ~lesion
         self.assertGreater(float(anomaly[lesion].mean()), float(anomaly[healthy].mean()))
+        self.assertEqual(int(slicer.util.arrayFromVolume(outputs.anomalyLabel).sum()), outputs.anomalousVoxels)
+
+    def test_sample_case(self):
+        from MedicalAnomalyDetectionSlicer.logic import MedicalAnomalyDetectionLogic
+
+        flair, brain, lesion = self._loadSample()
+        before = slicer.util.arrayFromVolume(flair).copy()
+
+        outputs = MedicalAnomalyDetectionLogic().process(flair, model=self.MODEL, brainMask=brain)
+
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(flair), before)
+        self._checkOutputs(flair, brain, lesion, outputs)
         self.delayDisplay(f"Volume score {outputs.volumeScore:.3g} on {outputs.device} in {outputs.seconds:.1f} s")
+
+    def test_panel(self):
+        """The module panel: choose the volume, the brain mask and the model, click Detect, wait, read the result."""
+        flair, brain, lesion = self._loadSample()
+        slicer.util.selectModule("MedicalAnomalyDetection")
+        panel = slicer.util.getModuleWidget("MedicalAnomalyDetection").panel
+        self.assertIsNotNone(panel, "the panel is not mounted (is PyTorch installed?)")
+        ui = panel.ui
+        ui.inputSelector.setCurrentNode(flair)
+        ui.brainMaskSelector.setCurrentNode(brain)
+        ui.modelComboBox.currentIndex = ui.modelComboBox.findData(self.MODEL)
+        self.assertEqual(ui.modelComboBox.currentText, self.MODEL)
+        self.assertTrue(ui.detectButton.enabled, ui.detectButton.toolTip)
+
+        ui.detectButton.click()
+        self.assertEqual(ui.detectButton.text, "Cancel")
+        deadline = time.monotonic() + self.TIMEOUT_S
+        while panel.tasks.busy:
+            self.assertLess(time.monotonic(), deadline, "Detect did not finish")
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        slicer.app.processEvents()
+
+        self.assertEqual(ui.detectButton.text, "Detect")
+        outputs = panel.logic.lastOutputs
+        self.assertIsNotNone(outputs, "Detect wrote nothing")
+        self.assertIs(outputs.inputVolume, flair)
+        self.assertIs(outputs.brainMask, brain)
+        self.assertEqual(outputs.model, self.MODEL)
+        self._checkOutputs(flair, brain, lesion, outputs)
+        self.assertIs(ui.outputMapSelector.currentNode(), outputs.anomalyMap)
+        self.assertIs(ui.outputLabelSelector.currentNode(), outputs.anomalyLabel)
+        self.assertEqual(ui.volumeScoreLabel.text.split(" ")[0], f"{outputs.volumeScore:.3g}")
+        self.assertEqual(ui.anomalousVoxelsLabel.text,
+                         f"{outputs.anomalousVoxels} voxels at threshold {outputs.threshold:.3g}")
+        self.assertFalse(ui.resultsCollapsibleButton.collapsed)
+        self.delayDisplay(f"Panel: {ui.anomalousVoxelsLabel.text}; {ui.deviceUsedLabel.text}")
 
 
 def _ijkToRAS(node):

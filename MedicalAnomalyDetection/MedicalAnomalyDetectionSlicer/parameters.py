@@ -3,7 +3,7 @@
 Fields with a widget carry the same name as the widget's ``SlicerParameterName`` property in the .ui file.
 """
 
-from typing import Annotated
+from typing import Annotated, Optional, Union
 
 import slicer
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -16,7 +16,9 @@ class MedicalAnomalyDetectionParameterNode:
     """What the panel shows; saved with the scene."""
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
-    brainMask: slicer.vtkMRMLNode
+    # the classes the brain-mask selector offers: connectGui instantiates them to set its nodeTypes (an abstract
+    # vtkMRMLNode here stopped the panel from building)
+    brainMask: Optional[Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode]]
     model: str = "patchgan-flair"
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     threshold: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0  # 0: not chosen yet, the card's is used

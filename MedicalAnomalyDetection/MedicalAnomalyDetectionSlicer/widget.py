@@ -15,7 +15,7 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from MedicalAnomalyDetectionLib.bundle import list_models, load_bundle
+from MedicalAnomalyDetectionLib.bundle import list_models, read_card, resolve_bundle_path
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
@@ -44,6 +44,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.logic = MedicalAnomalyDetectionLogic()
         self._parameterNode: MedicalAnomalyDetectionParameterNode | None = None
         self._guiTag = None
+        self._sliderRange = None  # the threshold slider's range for the selected model
         self.tasks = TaskRunner(
             {"detect": TaskView(self.ui.detectButton, self.ui.progressBar, self.ui.statusLabel, "Detect",
                                 "Cancelled; the scene was not changed."),
@@ -95,6 +96,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         if node is not None:
             self._selectModel(node.model)
             self._guiTag = node.connectGui(self.ui)
+            self._applySliderRange()  # connectGui widened the slider to the parameter's whole WithinRange
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._updateState)
             self._updateState()
 
@@ -102,6 +104,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         if self.tasks.isRunning("detect"):  # its result would land in a closed scene
             self.tasks.cancel()
         self._setParameterNode(None)
+        self.ui.resultsCollapsibleButton.collapsed = True  # the results of the closed scene are gone
 
     # Models ------------------------------------------------------------------------------------------------------
 
@@ -121,9 +124,15 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         combo = self.ui.modelComboBox
         index = combo.findData(model)
         if index < 0 and Path(model).is_dir():
+            wasBlocked = combo.blockSignals(True)  # the insertion shifts the current "Load…" item: not a choice
             combo.insertItem(combo.count - 1, Path(model).name, model)
+            combo.blockSignals(wasBlocked)
             index = combo.count - 2
-        combo.setCurrentIndex(max(index, 0))
+        index = max(index, 0)
+        if index == combo.currentIndex and combo.itemData(index):
+            self._onModelChanged(index)  # Qt signals no change, yet the parameter node must follow the shown model
+        else:
+            combo.setCurrentIndex(index)
 
     def _onModelChanged(self, index: int) -> None:
         combo = self.ui.modelComboBox
@@ -136,22 +145,29 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             return
         model = combo.itemData(index)
         try:
-            card = load_bundle(model).card
+            card = read_card(resolve_bundle_path(model))  # the card only: no weights read or downloaded here
         except InputError as error:
             slicer.util.errorDisplay(f"Cannot use this model bundle: {error}")
+            previous = self._parameterNode.model if self._parameterNode else ""
+            if previous != model and combo.findData(previous) >= 0:
+                combo.setCurrentIndex(combo.findData(previous))  # show the model Detect will use
             return
         self.ui.modelInfoLabel.text = (f"{card.method}, {card.modality.upper()}, {card.preprocessing.plane} slices; "
                                        f"weights licence: {card.licence.get('weights', 'unknown')}")
         threshold = card.thresholds.get("pixel")
         if threshold:
-            bounds = thresholdSliderRange(threshold)
+            self._sliderRange = thresholdSliderRange(threshold)
+            self._applySliderRange()
+        p = self._parameterNode or parameterNode()  # a fit may end while the user is in another module
+        with slicer.util.NodeModify(p):
+            p.threshold = startingThreshold(model, p.model, p.threshold, threshold)
+            p.model = model
+
+    def _applySliderRange(self) -> None:
+        bounds = self._sliderRange
+        if bounds is not None:
             slider = self.ui.thresholdSlider
             slider.maximum, slider.minimum, slider.singleStep = bounds.maximum, bounds.minimum, bounds.step
-        p = self._parameterNode
-        if p is not None:
-            with slicer.util.NodeModify(p):
-                p.threshold = startingThreshold(model, p.model, p.threshold, threshold)
-                p.model = model
 
     # Detect / cancel ---------------------------------------------------------------------------------------------
 
@@ -190,16 +206,15 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._start("detect", job, self._applyDetection, "\n".join(job.warnings))
 
     def _applyDetection(self, job: DetectionJob, detection) -> None:
-        p = self._parameterNode
-        if p is not None:
-            self._show(self.logic.apply(job, detection, p.outputMap, p.outputLabel, p.outputTable))
+        p = self._parameterNode or parameterNode()  # the user may have left the module (exit) during the run
+        self._show(self.logic.apply(job, detection, p.outputMap, p.outputLabel, p.outputTable), p)
 
-    def _show(self, outputs: DetectionOutputs) -> None:
+    def _show(self, outputs: DetectionOutputs, p: MedicalAnomalyDetectionParameterNode) -> None:
         """Remember the outputs, overlay them on the input and fill the result box."""
-        with slicer.util.NodeModify(self._parameterNode):
-            self._parameterNode.outputMap = outputs.anomalyMap
-            self._parameterNode.outputLabel = outputs.anomalyLabel
-            self._parameterNode.outputTable = outputs.sliceTable
+        with slicer.util.NodeModify(p):
+            p.outputMap = outputs.anomalyMap
+            p.outputLabel = outputs.anomalyLabel
+            p.outputTable = outputs.sliceTable
         showInSliceViews(slicer.mrmlScene, outputs.inputVolume, outputs.anomalyMap, outputs.anomalyLabel)
         self._fillResults(outputs)
         self.ui.resultsCollapsibleButton.collapsed = False

@@ -1,7 +1,10 @@
-"""The panel's .ui file against the code that uses it, loaded with PySide6 offscreen (skipped without PySide6).
+"""The panel's .ui file against the code that uses it, loaded offscreen by the PythonQt-style layer's loader
+(``pythonqt_shim.QUiLoader``, PySide6; skipped without PySide6 or the ``slicer-core`` wheel).
 
-Slicer's ctk/qMRML widget classes are replaced by plain stand-ins named alike, so the check is about names, classes
-and the parameter-node binding properties, not about how the real widgets behave.
+The ctk/qMRML widgets are the layer's small emulations (see its docstring for what they cannot prove), so the check is
+about names, classes, the parameter-node binding properties and the .ui's own signal/slot connections; the loader
+fails on any Qt warning (an unknown property, a connection that cannot be made). ``test_slicer_panel.py`` runs the
+panel itself.
 """
 
 from __future__ import annotations
@@ -15,16 +18,13 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PySide6.QtWidgets")
-QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+slicer = pytest.importorskip("slicer")
+
+import pythonqt_shim  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "Resources" / "UI" / "MedicalAnomalyDetection.ui"
 PACKAGE = REPO / "MedicalAnomalyDetection" / "MedicalAnomalyDetectionSlicer"
-# Module-level, so the classes outlive every QUiLoader that instantiates them: a stand-in class created inline and
-# collected before QUiLoader.load() made PySide6 dereference a freed type (a segmentation fault).
-STAND_INS = tuple(type(name, (QtWidgets.QWidget,), {}) for name in (
-    "ctkCollapsibleButton", "ctkSliderWidget", "ctkPathLineEdit", "qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox",
-    "qMRMLWidget"))
 
 # What the panel code expects each widget it touches to be.
 EXPECTED_CLASSES = {
@@ -46,11 +46,8 @@ EXPECTED_CLASSES = {
 @pytest.fixture(scope="module")
 def panel():
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    loader = QtUiTools.QUiLoader()
-    for stand_in in STAND_INS:
-        loader.registerCustomWidget(stand_in)
+    loader = pythonqt_shim.QUiLoader()  # module-level classes: PySide6 needs them alive as long as the process
     widget = loader.load(str(UI_FILE))
-    assert widget is not None, loader.errorString()
     yield widget
     widget.deleteLater()
     app.processEvents()
@@ -85,7 +82,7 @@ def test_every_widget_the_code_uses_exists_with_its_class(panel):
 
 
 def test_parameter_bindings_match_the_parameter_node(panel):
-    bound = {w.property("SlicerParameterName"): w.objectName() for w in panel.findChildren(QtWidgets.QWidget)
+    bound = {w.property("SlicerParameterName"): w.objectName for w in panel.findChildren(QtWidgets.QWidget)
              if w.property("SlicerParameterName")}
     fields = _parameter_fields()
     assert set(bound) <= set(fields)
@@ -103,7 +100,7 @@ def test_selectors_offer_the_node_types_the_logic_accepts(panel):
 
 def test_device_choices_match_the_parameter_choices(panel):
     combo = _widget(panel, "deviceComboBox")
-    items = [combo.itemText(i) for i in range(combo.count())]
+    items = [combo.itemText(i) for i in range(combo.count)]
     assert items == ["Auto", "GPU", "CPU"]
     assert ast.literal_eval(_parameter_fields()["device"].value) == "Auto"
     devices = next(n for n in ast.parse((PACKAGE / "parameters.py").read_text()).body
@@ -113,16 +110,16 @@ def test_device_choices_match_the_parameter_choices(panel):
 
 def test_reference_contrasts_are_ones_the_models_name(panel):
     combo = _widget(panel, "referenceModalityComboBox")
-    assert [combo.itemText(i) for i in range(combo.count())] == ["FLAIR", "T1", "T2"]
+    assert [combo.itemText(i) for i in range(combo.count)] == ["FLAIR", "T1", "T2"]
     assert list(_widget(panel, "referencesSelector").property("nodeTypes")) == ["vtkMRMLScalarVolumeNode"]
 
 
 def test_detect_starts_disabled(panel):
     button = _widget(panel, "detectButton")
-    assert button.text() == "Detect" and not button.isEnabled()
+    assert button.text == "Detect" and not button.enabled
 
 
-def test_every_node_selector_gets_the_scene():
+def test_every_node_selector_gets_the_scene(panel):
     """qMRMLWidget.setMRMLScene reaches the selectors only through the .ui's signal/slot connections."""
     import xml.etree.ElementTree as ElementTree
 
@@ -133,3 +130,9 @@ def test_every_node_selector_gets_the_scene():
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
     assert len(selectors) == 6 and selectors == connected
+    scene = slicer.vtkMRMLScene()
+    try:
+        panel.setMRMLScene(scene)  # made by Qt's loader from the .ui's <connections>
+        assert {name for name in selectors if _widget(panel, name).mrmlScene() is scene} == selectors
+    finally:
+        panel.setMRMLScene(None)
