@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.cohort import items_from_inputs, run_cohort
-from MedicalAnomalyDetectionLib.inference import detect, method_device, pixel_threshold, stage_volume
+from MedicalAnomalyDetectionLib.inference import detect, method_device, stage_volume
+from MedicalAnomalyDetectionLib.operating_point import operating_point
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod, build_method
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for, choose_device
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume
@@ -214,7 +215,7 @@ def cohort_memory(model: str, device_name: str, after: list[int], folder: Path) 
     def sample(row) -> None:
         samples.append({"volumes": len(samples) + 1, **_memory_mib()})
 
-    failed = [row for row in run_cohort(items, bundle, method, pixel_threshold(bundle), on_row=sample)
+    failed = [row for row in run_cohort(items, bundle, method, operating_point(bundle.card), on_row=sample)
               if row.status != "done"]
     if failed:
         raise RuntimeError(f"{failed[0].volume} failed: {failed[0].error}")

@@ -19,6 +19,7 @@ from .bundle import bundle_folder, load_bundle
 from .errors import InputError
 from .inference import detect
 from .modality import modality_warning
+from .operating_point import MODES, PER_SCAN
 from .outputs import OutputPaths, detection_report, write_detection
 from .volume_io import read_volume, refuse_overwriting
 
@@ -42,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
                              "extraction; none: the foreground mask; FILE: a brain mask on the input's grid")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--threshold", type=float, help="pixel threshold (default: the model's calibrated one)")
+    parser.add_argument("--threshold", type=float, help="pixel threshold (default: from --operating-point)")
+    parser.add_argument("--operating-point", choices=MODES, default=PER_SCAN,
+                        help="per-scan (default): the threshold comes from the volume's own map, as the model card "
+                             "says; fixed: the card's calibrated threshold for every volume")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per network batch")
     cohort_command.add_arguments(parser)
     group = parser.add_argument_group("models (each alone, without inputs; see docs/models.md)")
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
 
     result = detect(image, bundle, brain_mask=mask, device=args.device, threshold=args.threshold,
                     batch_size=args.batch_size, progress=progress,
-                    masking=args.brain_mask if mask_file is None else "auto")
+                    masking=args.brain_mask if mask_file is None else "auto", operating=args.operating_point)
     print(file=sys.stderr)
     report = detection_report(result, bundle, args.input, warnings)
     write_detection(result, report, OutputPaths(args.output_dir), inputs)
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"\nmad-detect: error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps({k: report[k] for k in ("volume_score", "threshold", "seconds", "device")}))
+    print(json.dumps({k: report[k] for k in ("volume_score", "threshold", "operating_point", "region_count", "seconds",
+                                             "device")}))
     return 0
 
 

@@ -21,6 +21,7 @@ from .errors import InputError
 from .inference import StagedVolume, method_device, score_staged, stage_volume
 from .methods import AnomalyMethod
 from .modality import modality_warning
+from .operating_point import OperatingPoint
 from .outputs import OutputPaths, detection_report, finished_report, write_detection
 from .volume_io import read_volume, write_outputs
 
@@ -220,7 +221,8 @@ def _failure(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}".strip()
 
 
-def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int = 16,
+def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, point: OperatingPoint,
+               batch_size: int = 16,
                overwrite: bool = False, prefetch: int = 1, on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Run ``method`` over ``items`` (in order; ``prefetch`` volumes read and prepared ahead by a thread) and return
     one row per item. ``on_row`` is told of each row as it is made."""
@@ -234,7 +236,7 @@ def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, t
     todo = []
     for index, item in enumerate(items):
         try:
-            report = None if overwrite else finished_report(item.outputs, bundle, item.input, threshold)
+            report = None if overwrite else finished_report(item.outputs, bundle, item.input, point)
         except InputError as error:
             record(index, Row(item.name, str(item.input), "failed", error=str(error)))
             continue
@@ -244,7 +246,7 @@ def run_cohort(items: list[CohortItem], bundle: Bundle, method: AnomalyMethod, t
             record(index, Row.from_report(item, report, "skipped"))
     for (index, item), staged in ahead(todo, lambda pair: _stage(pair[1], bundle, method), prefetch):
         try:
-            result = score_staged(staged(), bundle, method, threshold, batch_size)
+            result = score_staged(staged(), bundle, method, point, batch_size)
             warnings = [w for w in (modality_warning(item.input.name, bundle.card.modality),) if w]
             for warning in warnings:
                 log.warning(warning)

@@ -19,9 +19,9 @@ from .cohort import CohortItem, Row, check_unique, cohort_summary, is_cohort_sou
     write_table
 from .distributed import World, barrier, gather, launched_world, process_group
 from .errors import InputError
-from .inference import pixel_threshold
 from .methods import build_method
 from .methods.runtime import choose_device
+from .operating_point import operating_point
 from .volume_io import refuse_overwriting
 
 
@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the cohort the command line names; 0 when every volume is done or skipped, 1 otherwise."""
     world = launched_world()
     bundle = load_bundle(args.model)
-    threshold = pixel_threshold(bundle, args.threshold)
+    point = operating_point(bundle.card, args.threshold, args.operating_point)
     items, table = _items(args, bundle)
     sources = tuple(path for item in items for path in item.inputs) + tuple(Path(source) for source in args.input)
     refuse_overwriting([table], sources)  # e.g. a CSV list named cohort.csv in the output folder
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         shard = world.shard(items)
         on_row, close = _reporter(len(shard), world)
         started = time.perf_counter()
-        rows = run_cohort(shard, bundle, method, threshold, args.batch_size, args.overwrite, args.prefetch, on_row)
+        rows = run_cohort(shard, bundle, method, point, args.batch_size, args.overwrite, args.prefetch, on_row)
         seconds = time.perf_counter() - started
         close()
         shards = gather((rows, seconds), world)

@@ -13,9 +13,9 @@ import torch
 
 from .brain_extraction import BrainMask, brain_mask_for
 from .bundle import Bundle
-from .errors import InputError
 from .methods import AnomalyMethod, build_method
 from .methods.runtime import choose_device
+from .operating_point import PER_SCAN, OperatingPoint, check_threshold, operating_point
 from .pipeline import score_volume
 from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
 from .progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
@@ -35,7 +35,8 @@ class Detection:
     slice_eligible: np.ndarray  # (N,) bool: slices with enough brain to count (see scoring.MIN_BRAIN_SHARE)
     volume_score: float
     brain: BrainMask  # the brain mask the run used (on the input grid) and how it was made
-    threshold: float
+    threshold: float  # the one that made label_map
+    operating_point: str  # how it was chosen: "per-scan", "fixed" or "given" (operating_point.py)
     model: str
     device: str
     seconds: float
@@ -52,13 +53,6 @@ class Detection:
         if slice_threshold is None:
             return None
         return int(((self.slice_scores >= slice_threshold) & self.slice_eligible).sum())
-
-
-def check_threshold(threshold: float) -> float:
-    """``threshold`` as a float, or an InputError unless it is a positive finite number."""
-    if not np.isfinite(threshold) or threshold <= 0:
-        raise InputError(f"threshold must be a positive number, not {threshold}")
-    return float(threshold)
 
 
 def label_from_map(anomaly_map: sitk.Image, threshold: float) -> sitk.Image:
@@ -97,25 +91,25 @@ def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | Non
                         warnings=warnings)
 
 
-def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int = 16,
-                 progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
-    """Score a staged volume with ``method`` and put the map back on the input grid; ``seconds`` counts staging too.
-    When the GPU runs out of memory, the volume is scored again on the CPU, with a logged warning and ``device``
-    saying so (for single runs and cohorts alike)."""
+def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, point: OperatingPoint,
+                 batch_size: int = 16, progress: ProgressCallback | None = None,
+                 cancel: CancelCallback | None = None) -> Detection:
+    """Score a staged volume with ``method``, put the map back on the input grid and label it at ``point``'s
+    threshold for this volume; ``seconds`` counts staging too. When the GPU runs out of memory, the volume is scored
+    again on the CPU, with a logged warning and ``device`` saying so (for single runs and cohorts alike)."""
     try:
-        return _score(staged, bundle, method, threshold, batch_size, progress, cancel)
+        return _score(staged, bundle, method, point, batch_size, progress, cancel)
     except torch.cuda.OutOfMemoryError:
         if method_device(method).type != "cuda":
             raise
     log.warning("the GPU ran out of memory; scoring again on the CPU")
     torch.cuda.empty_cache()
-    detection = _score(staged, bundle, build_method(bundle, torch.device("cpu")), threshold, batch_size, progress,
-                       cancel)
+    detection = _score(staged, bundle, build_method(bundle, torch.device("cpu")), point, batch_size, progress, cancel)
     detection.device = "cpu (the GPU ran out of memory)"
     return detection
 
 
-def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshold: float, batch_size: int,
+def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, point: OperatingPoint, batch_size: int,
            progress: ProgressCallback | None, cancel: CancelCallback | None) -> Detection:
     started = time.perf_counter()
     report = sub_progress(progress, 0.0, 1.0)
@@ -123,43 +117,39 @@ def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, threshol
                           bundle.card.map_normalisation)
     report(0.9, "resampling to the input grid")
     anomaly_map = to_input_grid(scores.maps, staged.prepared)
+    brain = sitk.GetArrayViewFromImage(staged.brain.mask) > 0
+    threshold = point.threshold(sitk.GetArrayViewFromImage(anomaly_map)[brain])
     check_cancel(cancel)
     report(1.0, "done")
     return Detection(anomaly_map=anomaly_map, label_map=label_from_map(anomaly_map, threshold),
                      slice_scores=scores.slice_scores, slice_index=staged.prepared.slice_index,
                      slice_axis=staged.prepared.slice_axis, slice_eligible=scores.eligible,
                      volume_score=scores.volume_score, brain=staged.brain, threshold=threshold,
-                     model=bundle.card.name, device=str(staged.device),
+                     operating_point=point.name, model=bundle.card.name, device=str(staged.device),
                      seconds=staged.seconds + time.perf_counter() - started, warnings=list(staged.warnings))
-
-
-def pixel_threshold(bundle: Bundle, threshold: float | None = None) -> float:
-    """``threshold``, or the card's calibrated pixel threshold; an InputError when neither is a positive number."""
-    threshold = bundle.card.thresholds.get("pixel") if threshold is None else threshold
-    if threshold is None:
-        raise InputError(f"model {bundle.card.name} has no calibrated threshold; pass one")
-    return check_threshold(threshold)
 
 
 def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = None, device: str = "auto",
            threshold: float | None = None, batch_size: int = 16, progress: ProgressCallback | None = None,
            cancel: CancelCallback | None = None, method: AnomalyMethod | None = None,
-           masking: str = "auto") -> Detection:
+           masking: str = "auto", operating: str = PER_SCAN) -> Detection:
     """Detect anomalies in ``image`` with ``bundle``'s model. ``image`` and ``brain_mask`` are never modified.
 
     Without ``brain_mask``, ``masking`` "auto" extracts the brain of a skull-on input (see ``brain_extraction``)
-    and "none" uses the foreground. ``threshold`` defaults to the card's calibrated pixel threshold. ``progress(fraction, stage)`` is called as work
+    and "none" uses the foreground. Without ``threshold`` the label map is made at the card's per-scan operating point
+    (``operating`` "per-scan", where the card has one) or at its calibrated threshold ("fixed"); see
+    ``operating_point``. ``progress(fraction, stage)`` is called as work
     advances; when ``cancel()`` returns True the run stops with :class:`~.progress.Cancelled`. Pass ``method`` to
     reuse an already built method (e.g. across many volumes). A GPU out of memory: see :func:`score_staged`.
     """
-    threshold = pixel_threshold(bundle, threshold)
+    point = operating_point(bundle.card, threshold, operating)
     run_device = choose_device(device) if method is None else method_device(method)
     staged = stage_volume(image, bundle, brain_mask, run_device, masking, sub_progress(progress, 0.0, 0.1), cancel)
     if method is None:
         if progress is not None:
             progress(0.08, "loading model")
         method = build_method(bundle, run_device)
-    return score_staged(staged, bundle, method, threshold, batch_size, progress, cancel)
+    return score_staged(staged, bundle, method, point, batch_size, progress, cancel)
 
 
 def method_device(method: AnomalyMethod) -> torch.device:

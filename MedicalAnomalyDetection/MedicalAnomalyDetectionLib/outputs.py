@@ -17,6 +17,7 @@ from .errors import InputError
 from .findings import Region, find_regions, write_regions
 from .findings import summary as regions_summary
 from .inference import Detection
+from .operating_point import OperatingPoint
 from .volume_io import write_image, write_outputs
 
 
@@ -50,6 +51,7 @@ def detection_report(result: Detection, bundle: Bundle, source: Path | str, warn
     return {"input": str(source), "model": result.model, "model_version": bundle.card.version,
             "volume_score": result.volume_score, "slice_threshold": slice_threshold,
             "flagged_slices": result.flagged_slices(slice_threshold), "threshold": result.threshold,
+            "operating_point": result.operating_point,
             "masking": result.brain.how, "slice_axis": result.slice_axis,
             "most_anomalous_slice": result.most_anomalous_slice,
             "anomalous_voxels": int(sitk.GetArrayViewFromImage(result.label_map).sum()),
@@ -85,10 +87,10 @@ def write_detection(result: Detection, report: dict, paths: OutputPaths, inputs:
         paths.report: lambda path: path.write_text(json.dumps(report, indent=2) + "\n")}, inputs)
 
 
-def finished_report(paths: OutputPaths, bundle: Bundle, source: Path, threshold: float) -> dict | None:
-    """The report of complete earlier outputs of ``bundle`` at ``threshold`` for ``source``, or None when there are
-    none (or they are incomplete or unreadable). Outputs of another model, model version, input or threshold there
-    are an InputError: nothing is overwritten, or kept, silently."""
+def finished_report(paths: OutputPaths, bundle: Bundle, source: Path, point: OperatingPoint) -> dict | None:
+    """The report of complete earlier outputs of ``bundle`` at operating ``point`` for ``source``, or None when there
+    are none (or they are incomplete or unreadable). Outputs of another model, model version, input or operating
+    point (or given threshold) there are an InputError: nothing is overwritten, or kept, silently."""
     model = bundle.card.name
     try:
         report = json.loads(paths.report_path.read_text())
@@ -99,9 +101,12 @@ def finished_report(paths: OutputPaths, bundle: Bundle, source: Path, threshold:
     if report.get("model") != model or Path(str(report.get("input", ""))).resolve() != Path(source).resolve():
         raise InputError(f"{paths.report_path} holds outputs of model {report.get('model')} for "
                          f"{report.get('input')}; pass --overwrite or another output folder")
-    if report.get("model_version") != bundle.card.version or not math.isclose(float(report.get("threshold", "nan")),
-                                                                              threshold, rel_tol=1e-6):
-        raise InputError(f"{paths.report_path} was made with {model} {report.get('model_version')} at threshold "
-                         f"{report.get('threshold')}, not {bundle.card.version} at {threshold:.6g}; pass --overwrite "
-                         "or another output folder")
+    same_threshold = point.preset is None or math.isclose(float(report.get("threshold", "nan")), point.preset,
+                                                          rel_tol=1e-6)
+    if report.get("model_version") != bundle.card.version or report.get("operating_point") != point.name \
+            or not same_threshold:
+        wanted = point.name if point.preset is None else f"{point.name} threshold {point.preset:.6g}"
+        raise InputError(f"{paths.report_path} was made with {model} {report.get('model_version')} at the "
+                         f"{report.get('operating_point', 'fixed')} threshold {report.get('threshold')}, not "
+                         f"{bundle.card.version} at the {wanted}; pass --overwrite or another output folder")
     return report if all(path.is_file() for path in paths.files) else None

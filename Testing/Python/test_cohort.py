@@ -17,7 +17,7 @@ from MedicalAnomalyDetectionLib.cli import main
 from MedicalAnomalyDetectionLib.cohort import ahead, distinct_names, items_from_inputs, run_cohort
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.findings import COLUMNS
-from MedicalAnomalyDetectionLib.inference import pixel_threshold
+from MedicalAnomalyDetectionLib.operating_point import operating_point
 from MedicalAnomalyDetectionLib.methods import build_method
 from training.cli import main as training_main
 from training.slice_set import SliceSet
@@ -207,7 +207,7 @@ def test_prefetching_changes_nothing_in_the_results(cohort_folder, tiny_bundle, 
     scores = {}
     for depth in (0, 2):
         items = items_from_inputs([cohort_folder], tmp_path / f"out{depth}", "auto")
-        rows = run_cohort(items, tiny_bundle, method, pixel_threshold(tiny_bundle), prefetch=depth)
+        rows = run_cohort(items, tiny_bundle, method, operating_point(tiny_bundle.card), prefetch=depth)
         scores[depth] = [row.volume_score for row in rows]
     assert scores[0] == scores[2] and len(scores[0]) == 3
 
@@ -217,7 +217,7 @@ def test_a_gpu_out_of_memory_in_a_cohort_falls_back_to_the_cpu(cohort_folder, ti
 
     (cohort_folder / "flat.nii.gz").unlink()
     items = items_from_inputs([cohort_folder], tmp_path / "out", "auto")
-    rows = run_cohort(items, tiny_bundle, ExhaustedGPU(), pixel_threshold(tiny_bundle))
+    rows = run_cohort(items, tiny_bundle, ExhaustedGPU(), operating_point(tiny_bundle.card))
     assert [row.status for row in rows] == ["done"] * 3
     assert {json.loads((tmp_path / "out" / row.volume / "report.json").read_text())["device"] for row in rows} == {
         "cpu (the GPU ran out of memory)"}
