@@ -280,7 +280,8 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     for name, func, help_text in (("calibrate", cmd_calibrate, "choose thresholds on healthy validation data"),
-                                  ("evaluate", cmd_evaluate, "measure a bundle on a split; write metrics and plots")):
+                                  ("evaluate", cmd_evaluate, "measure a bundle on a split, each case run as "
+                                                             "mad-detect runs it; write metrics and plots")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", required=True, help="bundle name or folder")
         p.add_argument("--dataset", type=Path, required=True, nargs="+" if name == "calibrate" else None,
@@ -350,7 +351,8 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_fewshot)
 
-    p = sub.add_parser("table", help="markdown table of the metrics stored in the bundled model cards")
+    p = sub.add_parser("table", help="markdown table of the metrics stored in the bundled model cards (with the "
+                                     "position-only slice AUROC and per-case Dice beside each row)")
     p.set_defaults(func=cmd_table)
     return parser
 

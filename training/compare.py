@@ -16,6 +16,8 @@ from .evaluation import metrics_key, score_split, summarise, write_report
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
+# The "position only" reference rows: slice AUROC of content-free slice scores (evaluation.POSITION_ONLY).
+POSITION_ROWS = (("brain_area", "position only: brain area"), ("centrality", "position only: centrality"))
 
 
 def _variants(bundle: Bundle) -> list[tuple[str, str | None, Bundle]]:
@@ -36,14 +38,17 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     variants = {bundle.card.name: _variants(bundle) for bundle in bundles}
     results: dict[str, dict[str, dict]] = {}
     for dataset in datasets:
-        curves, truths = {}, {}  # truths: each case read and prepared once per preprocessing
+        curves, references, staged = {}, {}, {}  # staged: each case read and staged once per preprocessing
         for bundle in bundles:
             cases = load_cases(data_root / dataset, "test", bundle.card.modality)
             for name, ablation, variant in variants[bundle.card.name]:
-                scores = score_split(build_method(variant, device), variant, cases, cache=truths)
+                scores = score_split(build_method(variant, device), variant, cases, cache=staged)
                 summary = summarise(scores, variant.card.thresholds.get("pixel"))
                 results.setdefault(name, {})[dataset] = summary
                 curves[name] = (np.concatenate(scores.slice_labels), np.concatenate(scores.slice_scores))
+                for key, title in POSITION_ROWS:  # the reference, from the first model's slices
+                    if scores.position_scores.get(key):
+                        references.setdefault(title, (curves[name][0], np.concatenate(scores.position_scores[key])))
                 if reports is not None:
                     folder = reports / (bundle.card.name + (f"-{ablation.replace(' ', '-')}" if ablation else ""))
                     write_report(scores, {**summary, "command": command}, f"{name} on {dataset} test",
@@ -52,8 +57,9 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
                     key = metrics_key(dataset, "test", ablation)
                     bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
                                                 "modality": bundle.card.modality, "command": command}
-                print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS))
-        plot_roc(curves, f"slice-level ROC on {dataset} test", out / f"roc_{dataset}.png")
+                print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS)
+                      + f", position-only slice AUROC {summary.get('position_only_slice_auroc')}")
+        plot_roc({**curves, **references}, f"slice-level ROC on {dataset} test", out / f"roc_{dataset}.png")
         plot_score_distributions(curves, f"slice scores on {dataset} test", out / f"scores_{dataset}.png")
     if update_cards:
         for bundle in bundles:
@@ -63,10 +69,22 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     return results
 
 
+def _per_case_text(pooled: float | None, spread: dict | None) -> str:
+    """"pooled (per case mean ± SD)", or "–"."""
+    if pooled is None:
+        return "–"
+    return f"{pooled:.3f}" + (f" ({spread['mean']:.3f} ± {spread['sd']:.3f})" if spread else "")
+
+
 def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
-    """Rows: methods; columns: each dataset's slice AUROC, voxel AUROC and ⌈Dice⌉; the best of each column bold."""
-    header = "| method | " + " | ".join(f"{d} {title}" for d in datasets for _, title in TABLE_METRICS) + " |"
-    rows = [header, "|---|" + "---|" * (len(datasets) * len(TABLE_METRICS))]
+    """Rows: methods; columns: each dataset's slice AUROC, voxel AUROC, ⌈Dice⌉ (the best of each column bold) and
+    Dice of the default label map (pooled, and per lesion-holding case mean ± SD). Below the methods, the "position
+    only" rows: the slice AUROC of content-free scores (a slice's brain area, its centrality) of the same eligible
+    slices, the reference a slice AUROC is to be read against (a range where models' preprocessing differs)."""
+    header = ("| method | " + " | ".join(f"{d} {title}" for d in datasets for _, title in TABLE_METRICS)
+              + "".join(f" | {d} label map Dice (per case)" for d in datasets) + " |")
+    columns = len(datasets) * (len(TABLE_METRICS) + 1)
+    rows = [header, "|---|" + "---|" * columns]
     best = {(d, k): max((r[d].get(k) or 0.0) for r in results.values()) for d in datasets for k, _ in TABLE_METRICS}
     for name, per_dataset in results.items():
         cells = []
@@ -75,5 +93,19 @@ def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
                 value = per_dataset[dataset].get(key)
                 text = "–" if value is None else f"{value:.3f}"
                 cells.append(f"**{text}**" if value is not None and value == best[(dataset, key)] else text)
+        cells += [_per_case_text(per_dataset[d].get("label_map_dice"), per_dataset[d].get("label_map_dice_per_case"))
+                  for d in datasets]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, title in POSITION_ROWS:
+        cells = []
+        for dataset in datasets:
+            for metric, _ in TABLE_METRICS:
+                found = sorted({r[dataset].get("position_only_slice_auroc", {}).get(key) for r in results.values()}
+                               - {None})
+                if metric != "slice_auroc" or not found:
+                    cells.append("–")
+                else:
+                    cells.append(f"{found[0]:.3f}" if len(found) == 1 else f"{found[0]:.3f}–{found[-1]:.3f}")
+        cells += ["–"] * len(datasets)
+        rows.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -20,10 +20,16 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
-def dice_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
-    predicted = scores >= threshold
+def dice(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice of a boolean prediction against boolean labels (1 when both are empty)."""
+    labels, predicted = np.asarray(labels, dtype=bool), np.asarray(predicted, dtype=bool)
     denominator = predicted.sum() + labels.sum()
     return float(2.0 * (predicted & labels).sum() / denominator) if denominator else 1.0
+
+
+def dice_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Dice of the voxels scoring at least ``threshold``."""
+    return dice(labels, np.asarray(scores) >= threshold)
 
 
 def best_dice(labels: np.ndarray, scores: np.ndarray, candidates: int = 2000) -> tuple[float, float]:

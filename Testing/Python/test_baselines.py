@@ -122,5 +122,7 @@ def test_compare_writes_the_table_and_figures(toy_dataset, tiny_bundle_dir, inte
     assert all(0.0 <= r["toy"]["slice_auroc"] <= 1.0 for r in results.values())
     assert results["intensity-tiny"]["toy"]["voxel_auroc"] > 0.9  # the toy lesion is the brightest thing
     table = (out / "comparison.md").read_text().splitlines()
-    assert len(table) == 2 + 3 and table[0].startswith("| method | toy slice AUROC")
+    assert len(table) == 2 + 3 + 2 and table[0].startswith("| method | toy slice AUROC")
+    assert table[-2].startswith("| position only: brain area | 0.") and table[-1].startswith("| position only: cent")
+    assert {"brain_area", "centrality"} == set(results["intensity-tiny"]["toy"]["position_only_slice_auroc"])
     assert (out / "roc_toy.png").stat().st_size > 0 and (out / "scores_toy.png").stat().st_size > 0

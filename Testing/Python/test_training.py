@@ -141,4 +141,20 @@ def test_results_table_has_a_row_per_split_and_skips_metrics_across_splits(monke
     monkeypatch.setattr(results_table, "list_bundled_models", lambda: [card])
     rows = results_table.markdown_table().splitlines()
     assert len(rows) == 3 and rows[2].startswith("| m | mslub/test (3 cases) | 0.703 | – |")
-    assert rows[2].split(" | ")[6] == "0.175" and rows[2].endswith("| – |")
+    assert rows[2].split(" | ")[7] == "0.175" and rows[2].endswith("| – |")
+
+
+def test_results_table_shows_the_position_only_reference_and_per_case_dice(monkeypatch):
+    from types import SimpleNamespace
+
+    from training import results_table
+    card = SimpleNamespace(name="m", metrics={"lgg_flair/val": {
+        "cases": 6, "slice_auroc": 0.9144, "position_only_slice_auroc": {"brain_area": 0.7569, "centrality": 0.663},
+        "dice_at_threshold": 0.759,
+        "dice_at_threshold_per_case": {"mean": 0.6193, "sd": 0.2068, "worst": 0.3865, "worst_case": "TCGA_1",
+                                       "cases": 6}}})
+    monkeypatch.setattr(results_table, "list_bundled_models", lambda: [card])
+    header, _, row = results_table.markdown_table().splitlines()
+    assert "position only slice AUROC" in header.split(" | ")[3]
+    assert row.startswith("| m | lgg_flair/val (6 cases) | 0.914 | 0.757 / 0.663 | – |")
+    assert "| 0.759 (0.619 ± 0.207; 0.387 TCGA_1) |" in row
