@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.scoring import PIXEL_FPR, SLICE_FPR
+from MedicalAnomalyDetectionLib.operating_point import PER_SCAN_MEANING
+from MedicalAnomalyDetectionLib.scoring import PIXEL_FPR, SLICE_FPR, SLICE_SCORES
 
 from .recipes import recipe, recipe_names
 
@@ -95,12 +96,16 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from .evaluation import calibrate, score_split
 
     bundle, method = _load_for_scoring(args)
+    if args.slice_score is not None:  # the slice threshold is calibrated on the slice score the card will use
+        bundle.card.slice_score = args.slice_score
     sources = {}
     for dataset in args.dataset:
         cases = load_cases(dataset, args.split, bundle.card.modality)
         sources[f"{cases[0].dataset} {args.split}"] = score_split(method, bundle, cases, masking=args.brain_mask)
     thresholds = calibrate(sources, args.pixel_fpr, args.slice_fpr)
     thresholds.update(calibrated_on=", ".join(sources), masking=args.brain_mask, command=args.command_line)
+    if args.per_scan_k is not None:
+        thresholds.update(per_scan_k=args.per_scan_k, per_scan_meaning=PER_SCAN_MEANING)
     bundle.card.thresholds = thresholds
     write_card(bundle.path, bundle.card)
     print(json.dumps(thresholds, indent=2))
@@ -294,6 +299,13 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
             p.add_argument("--pixel-fpr", type=float, default=PIXEL_FPR,
                            help="share of healthy brain voxels flagged (default: docs/analysis/operating_points.md)")
             p.add_argument("--slice-fpr", type=float, default=SLICE_FPR, help="share of healthy slices flagged")
+            p.add_argument("--per-scan-k", type=float,
+                           help="k of the per-scan operating point (operating_point.py), chosen on validation "
+                                "(docs/analysis/per_scan_threshold.md); without it the model labels at the fixed "
+                                "threshold")
+            p.add_argument("--slice-score", choices=SLICE_SCORES,
+                           help="the card's slice score: the method's own (Eq. 5 for patch ranking) or peak-z "
+                                "(docs/analysis/slice_scores.md); default: keep the card's")
         else:
             p.add_argument("--out", type=Path, required=True)
             p.add_argument("--ablation", help="score as this ablation variant of the method (e.g. 'ranking off', "

@@ -12,6 +12,7 @@ CARD_FORMAT = 1
 # steps through the slices of the plane and whose first two give rows/columns in the usual radiological display.
 PLANE_ORIENTATION = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 MAP_NORMALISATIONS = ("none", "volume")
+SLICE_SCORES = ("method", "peak-z")  # as scoring.SLICE_SCORES (the card imports nothing of torch)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ModelCard:
     hyperparameters: dict = field(default_factory=dict)
     thresholds: dict = field(default_factory=dict)  # {"pixel": .., "slice": .., how they were calibrated}
     map_normalisation: str = "none"  # "volume": maps in robust SDs of the volume's own brain (scoring.normalise_maps)
+    slice_score: str = "method"  # "peak-z": scoring.peak_z_scores of the method's evidence map, per volume
     training: dict = field(default_factory=dict)  # data, command, epochs, seed, seconds, device
     licence: dict = field(default_factory=dict)  # {"weights": .., "training_data": .., "non_commercial": bool}
     metrics: dict = field(default_factory=dict)  # written by `python -m training evaluate`
@@ -68,6 +70,8 @@ class ModelCard:
     def __post_init__(self) -> None:
         if self.map_normalisation not in MAP_NORMALISATIONS:
             raise InputError(f"unknown map normalisation {self.map_normalisation!r}; one of {MAP_NORMALISATIONS}")
+        if self.slice_score not in SLICE_SCORES:
+            raise InputError(f"unknown slice score {self.slice_score!r}; one of {SLICE_SCORES}")
 
     def to_dict(self) -> dict:
         data = asdict(self)

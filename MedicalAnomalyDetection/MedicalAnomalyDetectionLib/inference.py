@@ -114,7 +114,7 @@ def _score(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, point: O
     started = time.perf_counter()
     report = sub_progress(progress, 0.0, 1.0)
     scores = score_volume(method, staged.prepared, batch_size, sub_progress(progress, 0.1, 0.9), cancel,
-                          bundle.card.map_normalisation)
+                          bundle.card.map_normalisation, bundle.card.slice_score)
     report(0.9, "resampling to the input grid")
     anomaly_map = to_input_grid(scores.maps, staged.prepared)
     brain = sitk.GetArrayViewFromImage(staged.brain.mask) > 0

@@ -24,6 +24,9 @@ PER_SCAN, FIXED, GIVEN = "per-scan", "fixed", "given"
 MODES = (PER_SCAN, FIXED)
 MAX_LESION_SHARE = 0.3
 GAUSSIAN_QUARTILE = 0.6745  # a normal distribution's third quartile, in standard deviations
+PER_SCAN_MEANING = ("default label maps: per scan, threshold = median + per_scan_k x sigma of the volume's healthy "
+                    "bulk inside the brain (quartiles read as if the estimated lesion share, the share above the "
+                    "pixel threshold beyond pixel_fpr, were removed); the pixel threshold is --operating-point fixed")
 
 
 def check_threshold(threshold: float) -> float:

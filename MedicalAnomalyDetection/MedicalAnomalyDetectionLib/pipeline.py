@@ -13,7 +13,7 @@ from .errors import InputError
 from .methods import AnomalyMethod
 from .preprocessing import PreparedVolume
 from .progress import CancelCallback, ProgressCallback, check_cancel
-from .scoring import eligible_slices, normalise_maps, volume_score
+from .scoring import eligible_slices, normalise_maps, peak_z_scores, volume_score
 
 
 @dataclass
@@ -33,14 +33,17 @@ class VolumeScores:
 
 def score_volume(method: AnomalyMethod, prepared: PreparedVolume, batch_size: int = 16,
                  progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
-                 map_normalisation: str = "none") -> VolumeScores:
+                 map_normalisation: str = "none", slice_score: str = "method") -> VolumeScores:
     """Run ``method`` over the slices of ``prepared`` that hold brain, in batches of ``batch_size``; the maps are
-    then normalised as the model card says (``scoring.normalise_maps``, over the brain of the eligible slices)."""
+    then normalised as the model card says (``scoring.normalise_maps``, over the brain of the eligible slices), and
+    the slice scores are the method's own or, with ``slice_score`` "peak-z", ``scoring.peak_z_scores`` of its
+    evidence map."""
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {batch_size}")
     count = prepared.slices.shape[0]
     maps = np.zeros(prepared.slices.shape, dtype=np.float32)
     scores = np.zeros(count, dtype=np.float32)
+    evidence = np.zeros(prepared.slices.shape, dtype=np.float32) if slice_score == "peak-z" else None
     todo = np.flatnonzero(prepared.mask.any(axis=(1, 2)))
     for start in range(0, len(todo), batch_size):
         check_cancel(cancel)
@@ -48,9 +51,13 @@ def score_volume(method: AnomalyMethod, prepared: PreparedVolume, batch_size: in
         result = method.score(torch.from_numpy(prepared.slices[chosen]), torch.from_numpy(prepared.mask[chosen]))
         maps[chosen] = result.maps.numpy()
         scores[chosen] = result.scores.numpy()
+        if evidence is not None:
+            evidence[chosen] = (result.evidence if result.evidence is not None else result.maps).numpy()
         if progress is not None:
             progress(min(1.0, (start + len(chosen)) / max(1, len(todo))), "scoring slices")
     check_cancel(cancel)
     eligible = eligible_slices(prepared.brain_area)
+    if evidence is not None:
+        scores = peak_z_scores(evidence, prepared.mask, eligible)
     maps = normalise_maps(maps, prepared.mask & eligible[:, None, None], map_normalisation, prepared.mask)
     return VolumeScores(maps=maps, slice_scores=scores, eligible=eligible, volume_score=volume_score(scores, eligible))

@@ -101,3 +101,31 @@ def test_trailing_singleton_axis_gives_3d_outputs(intensity_bundle):
     result = detect(image, intensity_bundle)
     assert result.anomaly_map.GetDimension() == 3
     assert result.anomaly_map.GetSize() == image.GetSize()[:3]
+
+
+def test_a_card_asking_for_peak_z_gets_it_from_the_methods_evidence_map(tiny_bundle):
+    """patchgan's slice scores come from its learned map (its evidence), not from the map with the intensity prior."""
+    import copy
+
+    import torch
+
+    from MedicalAnomalyDetectionLib.methods import build_method, with_overrides
+    from MedicalAnomalyDetectionLib.pipeline import score_volume
+    from MedicalAnomalyDetectionLib.preprocessing import prepare_volume, foreground_mask
+    from MedicalAnomalyDetectionLib.scoring import eligible_slices, peak_z_scores
+
+    bundle = with_overrides(tiny_bundle, {"intensity_prior": 0.1})
+    peak_z = copy.deepcopy(bundle)
+    peak_z.card.slice_score = "peak-z"
+    image = make_image(head_array())
+    prepared = prepare_volume(image, bundle.card.preprocessing, foreground_mask(image))
+    method = build_method(bundle, torch.device("cpu"))
+    evidence = method.score(torch.from_numpy(prepared.slices), torch.from_numpy(prepared.mask)).evidence.numpy()
+    eligible = eligible_slices(prepared.brain_area)
+    expected = peak_z_scores(evidence * prepared.mask.any(axis=(1, 2))[:, None, None], prepared.mask, eligible)
+    scored = score_volume(method, prepared, slice_score="peak-z")
+    np.testing.assert_allclose(scored.slice_scores, expected, rtol=1e-4, atol=1e-5)
+    assert scored.volume_score == pytest.approx(expected[eligible].max(), rel=1e-5)
+    result = detect(image, peak_z, device="cpu")
+    np.testing.assert_allclose(result.slice_scores, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(detect(image, bundle, device="cpu").slice_scores, expected)

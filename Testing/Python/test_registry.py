@@ -71,9 +71,10 @@ class ToyBrightnessRecipe(Recipe):
 
 def test_only_ablations_that_change_a_model_are_scored(tiny_bundle, tiny_bundle_dir, toy_dataset, tmp_path):
     assert tiny_bundle.card.hyperparameters.get("intensity_prior", 0.0) == 0.0
-    assert set(applicable_ablations(tiny_bundle)) == {"ranking off"}  # it has no intensity prior to take away
+    # it has no intensity prior to take away
+    assert set(applicable_ablations(tiny_bundle)) == {"ranking off", "top-2 ranking"}
     with_prior = with_overrides(tiny_bundle, {"intensity_prior": 0.1})
-    assert set(applicable_ablations(with_prior)) == {"ranking off", "no intensity prior"}
+    assert set(applicable_ablations(with_prior)) == {"ranking off", "top-2 ranking", "no intensity prior"}
     assert main(["evaluate", "--model", str(tiny_bundle_dir), "--dataset", str(toy_dataset), "--split", "test",
                  "--ablation", "no intensity prior", "--out", str(tmp_path / "r")]) == 1
 

@@ -42,7 +42,14 @@ def test_prepare_fit_resume_export_calibrate_evaluate(toy_dataset, tmp_path):
 
     assert main(["calibrate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--device", "cpu"]) == 0
     thresholds = load_bundle(bundle_dir).card.thresholds
-    assert thresholds["pixel"] > 0 and thresholds["calibrated_on"] == "toy val"
+    assert thresholds["pixel"] > 0 and thresholds["calibrated_on"] == "toy val" and "per_scan_k" not in thresholds
+    method_slice = thresholds["slice"]
+    assert main(["calibrate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--device", "cpu",
+                 "--per-scan-k", "3.5", "--slice-score", "peak-z"]) == 0
+    card = load_bundle(bundle_dir).card
+    assert card.thresholds["per_scan_k"] == 3.5 and card.slice_score == "peak-z"
+    assert card.thresholds["pixel"] == pytest.approx(thresholds["pixel"])  # the maps did not change
+    assert card.thresholds["slice"] != pytest.approx(method_slice)  # calibrated on the peak-z scores
 
     assert main(["evaluate", "--model", str(bundle_dir), "--dataset", str(toy_dataset), "--out", str(report),
                  "--device", "cpu", "--update-card"]) == 0

@@ -12,10 +12,12 @@ from ..bundle import Bundle
 
 @dataclass
 class SliceResult:
-    """Per-pixel anomaly maps (B, H, W) and per-slice scores (B,), both float32 on the CPU."""
+    """Per-pixel anomaly maps (B, H, W) and per-slice scores (B,), both float32 on the CPU; ``evidence`` (B, H, W):
+    the map the slice scores are read from, where it is not ``maps`` (e.g. a learned map before a prior)."""
 
     maps: torch.Tensor
     scores: torch.Tensor
+    evidence: torch.Tensor | None = None
 
 
 class AnomalyMethod(Protocol):

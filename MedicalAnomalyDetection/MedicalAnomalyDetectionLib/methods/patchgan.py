@@ -174,6 +174,7 @@ class PatchGAN:
     name: ClassVar[str] = "patchgan"
     weights: ClassVar[tuple[str, ...]] = ("reconstructor",)
     ablations: ClassVar[dict[str, dict]] = {"ranking off": {"ranking": {"ranking": False}},
+                                            "top-2 ranking": {"ranking": {"weights": [1.1, 1.0], "rest_weight": 0.0}},
                                             "no intensity prior": {"intensity_prior": 0.0}}
 
     def __init__(self, config: PatchGANConfig, reconstructor: Reconstructor, device: torch.device) -> None:
@@ -240,4 +241,5 @@ class PatchGAN:
         mask = mask.to(self.device, torch.float32)
         learned = self.learned_map(slices, *self.reconstruct(slices), mask)
         maps = self.with_prior(learned, slices, mask)
-        return SliceResult(maps=maps.cpu(), scores=slice_scores(learned, mask, self.config.ranking).cpu())
+        return SliceResult(maps=maps.cpu(), scores=slice_scores(learned, mask, self.config.ranking).cpu(),
+                           evidence=learned.cpu() if maps is not learned else None)
