@@ -8,14 +8,20 @@ the map inside the brain. Measured per source: pooled and per-case Dice, the rat
 on the source's pooled voxels), the share of healthy brain (>= 3 mm from lesions) flagged, and what the rule flags on
 healthy-looking material run alone (lesion-free slabs / brain far from lesions). No test split is read.
 
+The other FLAIR bundles (`ae-flair`, `alocc-flair`, `dae-flair`, `ocsvm-flair`, `patchgan-flair-paper`) get the
+card threshold and the recommended rule only, at k in K_GRID, and their k is chosen here: the best mean ratio over
+the two sources, ties (at the printed 3 decimals) to the larger k (fewer false positives). The recommended rule is
+always the core's own ``operating_point.per_scan_threshold``, so the study measures exactly what ships.
+
 Run from the repository root (2 shared CPU cores, torch on 1 thread; about 15 min with an empty cache, most of it
 the Patch-GAN and PathoSCOPE maps):
-``python docs/analysis/per_scan_threshold.py [DATA_DIR] > docs/analysis/per_scan_threshold.md``
-(DATA_DIR defaults to ../shared/data; it was run with /work/shared/data).
+``python docs/analysis/per_scan_threshold.py [DATA_DIR] [--models NAME ...] > docs/analysis/per_scan_threshold.md``
+(DATA_DIR defaults to ../shared/data; it was run with /work/shared/data; --models defaults to every bundled FLAIR
+model; the five others add about 40 min with an empty cache, most of it the four networks' maps).
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -23,18 +29,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from MedicalAnomalyDetectionLib.bundle import load_bundle
+from MedicalAnomalyDetectionLib.bundle import list_bundled_models, load_bundle
 from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.methods import build_method
+from MedicalAnomalyDetectionLib.operating_point import MAX_LESION_SHARE, per_scan_threshold
 from MedicalAnomalyDetectionLib.volume_io import read_volume
 from training.datasets import load_cases
 from training.evaluation import LESION_MARGIN_MM
 from training.metrics import best_dice
 
 torch.set_num_threads(1)
-DATA = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("../shared/data")
+DATA = Path("../shared/data")  # set by main() from the command line
 CACHE = Path("/tmp/per_scan_cache")
-MODELS = ("intensity-flair", "patchgan-flair", "pathoscope-flair")
+MODELS = ("intensity-flair", "patchgan-flair", "pathoscope-flair")  # the full study (every candidate rule)
+K_GRID = (2, 2.5, 3, 3.5, 4, 4.5)  # k tried for the other FLAIR models (recommended rule only)
 SOURCES = ("lgg_flair", "nichart_wmh")
 FAR_MM = 10.0  # "healthy-looking" material: brain voxels (lgg_flair: whole slices) this far from any lesion
 
@@ -285,7 +293,7 @@ def exponential_sf(anchor, beta, rate=0.01):
     return lambda t: np.minimum(rate * np.exp(-(t - anchor) / beta), 1.0)
 
 
-MAX_LESION_SHARE = 0.3  # never read the bulk below this (no val case exceeds 0.21; a guard, not a tuned value)
+# MAX_LESION_SHARE (0.3, the core's): never read the bulk below this (no val case exceeds 0.21; a guard, not tuned).
 # k of the recommended rule, chosen on val per model (the best mean ratio; 3.5 rather than 3.75 for the first two:
 # within 0.005 and a better worst case). PathoSCOPE's maps are already in per-volume robust SDs and not rectified,
 # so its bulk has another shape and needs a smaller k.
@@ -293,29 +301,26 @@ RECOMMENDED_K = {"intensity-flair": 3.5, "patchgan-flair": 3.5, "pathoscope-flai
 
 
 def lesion_share(values, fixed, rate):
-    """The share of the brain taken to be lesion: what the calibrated threshold flags beyond its healthy rate."""
+    """The share of the brain taken to be lesion: what the calibrated threshold flags beyond its healthy rate (as the
+    core estimates it; used here by the candidate rules and the per-case λ column only)."""
     return min(max(float((values >= fixed).mean()) - rate, 0.0), MAX_LESION_SHARE)
 
 
 def per_scan(values: np.ndarray, fixed: float, rate: float, k: float) -> float:
-    """The recommended rule as the core would run it (values: the map inside the brain mask)."""
-    lam = lesion_share(values, fixed, rate)
-    mu, sigma = bulk(values, "upper", lam)
-    threshold = mu + k * sigma
-    return threshold if np.isfinite(threshold) and sigma > 0 and threshold > 0 else fixed
+    """The recommended rule: the core's own function (values: the map inside the brain mask)."""
+    return per_scan_threshold(values, fixed, rate, k)
 
 
 def specs_for(fixed: float, rate: float, beta: float) -> list[dict]:
     lam = lambda v: lesion_share(v, fixed, rate)  # noqa: E731
-    upper_l = lambda v, k: rule_robust(v, k, lesion_share=lam(v))  # noqa: E731
     specs = [{"family": "fixed", "name": "fixed (calibrated, today's default)", "rule": None}]
     for k in (10, 15, 20):
         specs.append({"family": "mad", "name": f"median + {k} x 1.4826 MAD", "rule": lambda v, k=k: rule_robust(v, k, "mad")})
     for k in (3, 3.5, 4):
         specs.append({"family": "upper", "name": f"median + {k} x IQRsd", "rule": lambda v, k=k: rule_robust(v, k)})
-    for k in (2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5):
+    for k in (2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5):  # the recommended rule, as the core runs it
         specs.append({"family": "upperL", "name": f"L-median + {k} x L-IQRsd", "k": k,
-                      "rule": lambda v, k=k: upper_l(v, k)})
+                      "rule": lambda v, k=k: per_scan(v, fixed, rate, k)})
     for q in (0.01, 0.02):
         specs.append({"family": "fdr", "name": f"FDR normal bulk q={q}", "rule": lambda v, q=q: rule_fdr(v, q)})
     for q in (0.01, 0.02, 0.05):
@@ -351,11 +356,49 @@ def fmt(x: dict) -> str:
             f"{100 * x['healthy']:.2f} % | {100 * x['slab']:.2f} % ({x['slab_ml_max']:.1f} mL)")
 
 
+def flair_models() -> list[str]:
+    """Every bundled FLAIR model: the full study's three first, then the others by name."""
+    names = [card.name for card in list_bundled_models() if card.modality == "flair"]
+    return [m for m in MODELS if m in names] + [m for m in names if m not in MODELS]
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=Path("../shared/data"), help="the data folder")
+    parser.add_argument("--models", nargs="+", default=None, help="FLAIR models (default: every bundled one)")
+    return parser.parse_args()
+
+
+def choose_k(rows: list[tuple[float, dict]]) -> tuple[float, dict]:
+    """(k, result) with the best mean ratio; ties at the printed 3 decimals go to the larger k."""
+    return max(rows, key=lambda kr: (round(kr[1]["ratio"], 3), kr[0]))
+
+
+def model_cases(model: str):
+    """card threshold and rate, cases, ⌈Dice⌉ per source; prints the model's heading and card line."""
+    card = load_bundle(model).card
+    fixed, rate = card.thresholds["pixel"], card.thresholds.get("pixel_fpr", 0.01)
+    cases = load_model_cases(model)
+    ceilings = ceilings_of(cases)
+    detect_s = np.mean([r["seconds"] for rows in cases.values() for r in rows])
+    print(f"## {model}\n")
+    print(f"Card threshold {fixed:.4g} (flags {100 * rate:g} % of healthy val brain); ⌈Dice⌉ "
+          + ", ".join(f"{s} {c[0]:.3f} at t = {c[1]:.3g}" for s, c in ceilings.items())
+          + f"; detect() took {detect_s:.1f} s per volume on the CPU (1 thread).\n")
+    return fixed, rate, cases, ceilings, {s: c[0] for s, c in ceilings.items()}
+
+
 def main() -> None:
+    global DATA
     from scipy.special import ndtr  # noqa: F401  (fail early without scipy)
     from training.evaluation import rate_threshold
+    args = arguments()
+    DATA = args.data
+    models = args.models or flair_models()
+    full, extra = [m for m in models if m in MODELS], [m for m in models if m not in MODELS]
     print(__doc__.split("\n\n")[0].replace("\n", " "), "\n")
-    print("Generated by `python docs/analysis/per_scan_threshold.py " + str(DATA) + "`; maps cached in "
+    print("Generated by `python docs/analysis/per_scan_threshold.py " + str(DATA)
+          + (" --models " + " ".join(models) if args.models else "") + "`; maps cached in "
           f"`{CACHE}`. All numbers are on **validation** splits (lgg_flair val: 6 gliomas, 5 mm; nichart_wmh val: "
           "8 white-matter-hyperintensity subjects, 2 mm), maps from `inference.detect` on the CPU with the case's "
           "`brain.nii.gz`, on the input grid, inside the brain.\n")
@@ -368,29 +411,22 @@ def main() -> None:
     print("Rules (t from the brain's map values v; IQRsd = (q75 - q50) / 0.6745; an *L-* statistic reads the "
           "quantiles at levels p x (1 - λ), with λ = max(share of v >= the card threshold - the card rate, 0), "
           "i.e. as if the estimated lesion voxels, all above the bulk, were removed): see the functions in the "
-          "script.\n")
+          "script. The *L-median + k x L-IQRsd* rows are the recommended rule run by the core's own "
+          "`operating_point.per_scan_threshold` (it falls back to the card threshold where the result is not a "
+          "positive number, e.g. on some of PathoSCOPE's signed healthy-looking slabs).\n")
+    header = ("| rule | " + " | ".join(f"{s}: Dice (ratio) | per case | healthy | healthy-looking"
+                                    for s in SOURCES) + " | mean ratio | mean healthy | t range | s/vol |")
     summary = []
-    for model in MODELS:
-        card = load_bundle(model).card
-        fixed, rate = card.thresholds["pixel"], card.thresholds.get("pixel_fpr", 0.01)
+    for model in full:
         started = time.perf_counter()
-        cases = load_model_cases(model)
-        ceilings = ceilings_of(cases)
+        fixed, rate, cases, ceilings, ceil = model_cases(model)
         healthy = [np.concatenate([r["map"][r["healthy"]] for r in rows]) for rows in cases.values()]
         beta = (rate_threshold(healthy, rate / 10) - rate_threshold(healthy, rate)) / np.log(10)
-        detect_s = np.mean([r["seconds"] for rows in cases.values() for r in rows])
-        print(f"## {model}\n")
-        print(f"Card threshold {fixed:.4g} (flags {100 * rate:g} % of healthy val brain); ⌈Dice⌉ "
-              + ", ".join(f"{s} {c[0]:.3f} at t = {c[1]:.3g}" for s, c in ceilings.items())
-              + f"; detect() took {detect_s:.1f} s per volume on the CPU (1 thread).\n")
-        ceil = {s: c[0] for s, c in ceilings.items()}
-        header = ("| rule | " + " | ".join(f"{s}: Dice (ratio) | per case | healthy | healthy-looking"
-                                        for s in SOURCES) + " | mean ratio | mean healthy | t range | s/vol |")
         print(header)
         print("|---" * (header.count("|") - 1) + "|")
         results = []
 
-        def row(spec):
+        def row(spec, results=results, fixed=fixed, cases=cases, ceil=ceil):
             if spec.get("ceiling"):
                 base = spec["rule"]
                 spec = dict(spec, rule=lambda v: min(base(v), fixed))
@@ -417,6 +453,14 @@ def main() -> None:
               f"({time.perf_counter() - started:.0f} s)\n")
         summary.append((model, fixed, rate, cases, ceil, results, best_upper))
 
+    if summary:
+        full_sections(summary)
+    if extra:
+        extra_sections(extra, header)
+
+
+def full_sections(summary: list) -> None:
+    """The sections that compare the full study's models."""
     print("## The same k for every model (mean over the models of the mean ratio; L-median + k x L-IQRsd)\n")
     print("| k | " + " | ".join(m for m, *_ in summary) + " | mean |")
     print("|---" * (len(summary) + 2) + "|")
@@ -466,6 +510,68 @@ def main() -> None:
             print(f"- {model}, {shape} noise (1e6 voxels, sd 0.5): t = {t:.3g}, flags "
                   f"{100 * (noise >= t).mean():.3f} % (the card threshold: {100 * (noise >= fixed).mean():.3f} %)")
 
+
+
+def extra_sections(models: list[str], header: str) -> None:
+    """The other FLAIR models: the card threshold and the recommended rule (the core's) at each k of K_GRID; k chosen
+    by the best mean ratio, ties to the larger k."""
+    print("## The other FLAIR models: the recommended rule at k in " + ", ".join(f"{k:g}" for k in K_GRID) + "\n")
+    print("Same columns as above; only the card threshold and the recommended rule (the core's "
+          "`per_scan_threshold`) are run. The k chosen is the best mean ratio, ties (at 3 decimals) to the larger k "
+          "(fewer false positives).\n")
+    chosen = []
+    for model in models:
+        started = time.perf_counter()
+        fixed, rate, cases, _, ceil = model_cases(model)
+        print(header)
+        print("|---" * (header.count("|") - 1) + "|")
+        specs = [{"name": "fixed (calibrated)", "rule": None}]
+        specs += [{"name": f"L-median + {k:g} x L-IQRsd", "k": k,
+                   "rule": lambda v, k=k: per_scan(v, fixed, rate, k)} for k in K_GRID]
+        results = []
+        for spec in specs:
+            r = evaluate(spec, cases, fixed, ceil)
+            ts = np.concatenate([x["thresholds"] for x in r["sources"].values()])
+            sec = np.mean([x["seconds"] for x in r["sources"].values()])
+            print(f"| {spec['name']} | " + " | ".join(fmt(r["sources"][s]) for s in SOURCES)
+                  + f" | **{r['ratio']:.3f}** | {100 * r['healthy']:.2f} % | {np.min(ts):.3g}–{np.max(ts):.3g} | "
+                  f"{sec:.2f} |", flush=True)
+            results.append(r)
+        grid = [(spec["k"], r) for spec, r in zip(specs[1:], results[1:])]
+        k, best = choose_k(grid)
+        sane = [(kk, r) for kk, r in grid if r["healthy"] <= 2 * rate
+                and max(x["healthy"] for x in r["sources"].values()) <= 3 * rate]
+        bounded = choose_k(sane) if sane else None
+        edge = " (at the edge of the grid)" if k in (K_GRID[0], K_GRID[-1]) else ""
+        print(f"\nChosen k = **{k:g}**{edge}: mean ratio {best['ratio']:.3f} (fixed: {results[0]['ratio']:.3f}); "
+              f"mean healthy {100 * best['healthy']:.2f} % (fixed: {100 * results[0]['healthy']:.2f} %). Within the "
+              f"full study's healthy bound (mean <= {200 * rate:g} %, each source <= {300 * rate:g} %): "
+              + (f"k = {bounded[0]:g} ({bounded[1]['ratio']:.3f})" if bounded else "none") + ". "
+              f"({time.perf_counter() - started:.0f} s)\n")
+        print("| source | case | t fixed | Dice fixed | t per scan | Dice per scan |")
+        print("|---|---|---|---|---|---|")
+        for source, rows in cases.items():
+            a, b = results[0]["sources"][source], best["sources"][source]
+            for i, row in enumerate(rows):
+                print(f"| {source} | {row['case']} | {fixed:.3g} | {a['per_case'][i]:.3f} | {b['thresholds'][i]:.3g} | "
+                      f"{b['per_case'][i]:.3f} |")
+        print()
+        chosen.append((model, k, results[0], best, bounded))
+        del cases
+
+    print("## Chosen k, the other FLAIR models (val)\n")
+    print("| model | k | ratio fixed (lgg_flair, nichart_wmh) | ratio per scan (lgg_flair, nichart_wmh) | "
+          "healthy fixed (lgg_flair, nichart_wmh) | healthy per scan (lgg_flair, nichart_wmh) | worst case Dice fixed → "
+          "per scan | within the healthy bound: k (mean ratio) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, k, fix, best, bounded in chosen:
+        def pair(r, key, scale=1.0, unit=""):
+            return ", ".join(f"{scale * r['sources'][s][key]:.2f}{unit}" for s in SOURCES)
+        worst = lambda r: min(min(x["per_case"]) for x in r["sources"].values())  # noqa: E731
+        print(f"| {model} | {k:g} | **{fix['ratio']:.3f}** ({pair(fix, 'ratio')}) | **{best['ratio']:.3f}** "
+              f"({pair(best, 'ratio')}) | {100 * fix['healthy']:.2f} % ({pair(fix, 'healthy', 100, ' %')}) | "
+              f"{100 * best['healthy']:.2f} % ({pair(best, 'healthy', 100, ' %')}) | {worst(fix):.2f} → "
+              f"{worst(best):.2f} | " + (f"{bounded[0]:g} ({bounded[1]['ratio']:.3f})" if bounded else "none") + " |")
 
 if __name__ == "__main__":
     main()
