@@ -2,9 +2,14 @@
 
 Needs only MRML (``slicer-core`` suffices): no ``slicer.app``, no ``slicer.mrmlScene``. Outputs go into the input
 volume's own scene. A run has three steps so the widget can keep Slicer responsive: :meth:`prepare` (main thread:
-nodes -> images, bundle loaded), :meth:`DetectionJob.run` (any thread: only the core, no MRML), :meth:`apply` (main
+nodes -> images, bundle loaded if its weights are here), :meth:`DetectionJob.run` (any thread: only the core, no MRML;
+downloads a catalogued model's weights first where :attr:`DetectionJob.download` says so), :meth:`apply` (main
 thread: results -> nodes). Nothing is created or changed in the scene before :meth:`apply`, so a cancelled or failed
 run leaves the scene as it was.
+
+Findings (the label map's connected regions, ``MedicalAnomalyDetectionLib.findings``) go into a table node beside the
+other outputs, one row per region, with the centroid in LPS (the core's columns) and in RAS (``centroid_r_mm``,
+``centroid_a_mm``; S is the same); :meth:`relabel` recomputes them.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ import slicer
 import vtk
 
 from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES, deepbet_weights, looks_skull_stripped
-from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, user_models_dir
+from MedicalAnomalyDetectionLib.bundle import (WEIGHTS_FILE, Bundle, load_bundle, read_card, resolve_bundle_path,
+                                               user_models_dir)
+from MedicalAnomalyDetectionLib.catalogue import Entry, read_catalogue
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
+from MedicalAnomalyDetectionLib.findings import COLUMNS as FINDINGS_COLUMNS, Region, find_regions
 from MedicalAnomalyDetectionLib.inference import Detection, detect, label_from_map
-from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback
+from MedicalAnomalyDetectionLib.operating_point import GIVEN
+from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback, check_cancel
 
 from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
 from .display import showHeatMap, showLabelMap
@@ -34,10 +43,33 @@ log = logging.getLogger(__name__)
 # Node reference roles on the input volume pointing at its latest outputs, so a second run reuses them.
 REFERENCE_ROLES = {"map": "MedicalAnomalyDetection.anomalyMap", "label": "MedicalAnomalyDetection.anomalyLabel",
                    "table": "MedicalAnomalyDetection.sliceScores", "chart": "MedicalAnomalyDetection.chart",
-                   "brain": "MedicalAnomalyDetection.brainMask"}
+                   "brain": "MedicalAnomalyDetection.brainMask", "findings": "MedicalAnomalyDetection.findings"}
 SLICE_AXIS_ATTRIBUTE = "MedicalAnomalyDetection.sliceAxis"
 MASKING_ATTRIBUTE = "MedicalAnomalyDetection.masking"  # on the brain segmentation: the masking mode that made it
 SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
+# The findings table: the core's columns (centroid in LPS), then the centroid's R and A (R = -L, A = -P; S is S).
+FINDINGS_RAS_COLUMNS = ("centroid_r_mm", "centroid_a_mm")
+_FINDINGS_INTEGERS = ("id", "voxels", "first_slice", "last_slice")
+
+
+def pendingDownload(model: str | Path) -> Entry | None:
+    """The catalogue entry of ``model`` when its weights are neither in its bundle folder nor installed in the user
+    model folder yet, so running it would download them first; None when it can run from local files (or when the
+    catalogue cannot fetch it: loading it then gives the core's own error). Reads cards only."""
+    folder = resolve_bundle_path(model)
+    card = read_card(folder)
+    if card.sha256 is None or (folder / WEIGHTS_FILE).exists():
+        return None
+    entry = read_catalogue().get(card.name)
+    if entry is None or entry.sha256 != card.sha256 or entry.url is None:
+        return None
+    installed = user_models_dir() / card.name
+    try:
+        if installed != folder and (installed / WEIGHTS_FILE).exists() and read_card(installed).sha256 == card.sha256:
+            return None
+    except InputError:
+        pass
+    return entry
 
 
 @dataclass
@@ -47,12 +79,14 @@ class DetectionJob:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     image: sitk.Image
     mask: sitk.Image | None
-    bundle: Bundle
+    bundle: Bundle | None  # None until :meth:`run` has downloaded the weights (see ``download``)
     device: str
     threshold: float | None
     maskNode: slicer.vtkMRMLNode | None = None
     masking: str = "auto"
     warnings: list[str] = field(default_factory=list)
+    model: str | Path | None = None  # the name or folder the bundle is loaded from
+    download: Entry | None = None  # a catalogued model whose weights :meth:`run` downloads first (ask the user!)
 
     @property
     def needsBrainExtraction(self) -> bool:
@@ -61,9 +95,26 @@ class DetectionJob:
                 and not looks_skull_stripped(self.image))
 
     def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
-        """Run the core; raises ``Cancelled`` when ``cancel()`` turns True and ``InputError`` for unusable input."""
+        """Run the core (downloading the model's weights first if needed); raises ``Cancelled`` when ``cancel()``
+        turns True and ``InputError`` for unusable input or a failed download."""
+        if self.bundle is None:
+            self.bundle = self._loadBundle(progress, cancel)
         return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
                       progress=progress, cancel=cancel, masking=self.masking)
+
+    def _loadBundle(self, progress: ProgressCallback | None, cancel: CancelCallback | None) -> Bundle:
+        """The bundle, its weights downloaded by the core into the user model folder; a cancel stops the transfer
+        at its next chunk. The core stages a download in a hidden folder and moves the model into place only once
+        its sha256 is checked, so a cancelled or failed download installs nothing (the partial file is resumed next
+        time)."""
+        check_cancel(cancel)
+
+        def heard(fraction: float, stage: str) -> None:
+            if progress is not None:
+                progress(fraction, stage)
+            check_cancel(cancel)
+
+        return load_bundle(self.model, progress=heard)
 
 
 @dataclass
@@ -110,6 +161,9 @@ class DetectionOutputs:
     anomalousVoxels: int
     flaggedSlices: int  # slices scoring at least sliceThreshold (which flags 5 % of healthy validation slices)
     warnings: list[str]
+    operatingPoint: str  # how ``threshold`` was chosen: "per-scan", "fixed" or "given" (also after relabel)
+    findingsTable: slicer.vtkMRMLTableNode
+    findings: list[Region]  # the label map's regions of at least the minimum size, largest first
 
 
 class MedicalAnomalyDetectionLogic:
@@ -126,7 +180,9 @@ class MedicalAnomalyDetectionLogic:
                 outputTable: slicer.vtkMRMLTableNode | None = None, progress: ProgressCallback | None = None,
                 cancel: CancelCallback | None = None) -> DetectionOutputs:
         """Detect anomalies in ``inputVolume`` synchronously; ``model`` is a bundled model's name or a bundle folder,
-        ``device`` auto/cpu/cuda, ``threshold`` defaults to the card's. Without ``brainMask`` the brain segmentation
+        ``device`` auto/cpu/cuda, ``threshold`` a fixed one (default: the model's operating point, per scan where its
+        card has one, else its calibrated threshold). A catalogued model whose weights are not here yet is downloaded
+        first (``progress`` hears it). Without ``brainMask`` the brain segmentation
         of the previous run on this input is used, else ``masking`` "auto" extracts the brain of a skull-on input
         (and adds it to the scene as a segmentation) and "none" uses the foreground. Missing outputs are reused
         from the previous run on this input, else created."""
@@ -137,7 +193,9 @@ class MedicalAnomalyDetectionLogic:
     def prepare(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
                 brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto",
                 threshold: float | None = None, masking: str = "auto") -> DetectionJob:
-        """Check the inputs, copy them out of MRML and load the bundle; touches nothing in the scene for good."""
+        """Check the inputs, copy them out of MRML and load the bundle; touches nothing in the scene for good. A
+        catalogued model whose weights are not downloaded yet is not loaded here: the job's ``download`` names it
+        and :meth:`DetectionJob.run` downloads it (a caller with a user asks first)."""
         if not isinstance(inputVolume, slicer.vtkMRMLScalarVolumeNode) or isinstance(
                 inputVolume, slicer.vtkMRMLLabelMapVolumeNode):
             raise InputError("input must be a scalar MRI volume (not a label map, segmentation or empty selection)")
@@ -147,17 +205,19 @@ class MedicalAnomalyDetectionLogic:
             raise InputError(f"device must be auto, cpu or cuda, not {device!r}")
         if masking not in MASKING_MODES:
             raise InputError(f"masking must be one of {', '.join(MASKING_MODES)}, not {masking!r}")
-        bundle = load_bundle(model)
+        card = read_card(resolve_bundle_path(model))
+        download = pendingDownload(model)
+        bundle = load_bundle(model) if download is None else None
         image = imageFromVolume(inputVolume)
         if brainMask is None and masking == "auto":
             brainMask = self.previousBrainMask(inputVolume)
         mask = maskFromNode(brainMask, inputVolume) if brainMask is not None else None
-        warning = modalityWarning(inputVolume, bundle.card.modality)
+        warning = modalityWarning(inputVolume, card.modality)
         if warning:
             log.warning(warning)
         return DetectionJob(inputVolume=inputVolume, image=image, mask=mask, bundle=bundle, device=device,
                             threshold=threshold, maskNode=brainMask, masking=masking,
-                            warnings=[warning] if warning else [])
+                            warnings=[warning] if warning else [], model=model, download=download)
 
     @staticmethod
     def previousBrainMask(inputVolume: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLNode | None:
@@ -226,6 +286,7 @@ class MedicalAnomalyDetectionLogic:
                                         f"{name} anomalies")
         table = self._outputNode(inputVolume, "table", outputTable, "vtkMRMLTableNode", f"{name} slice scores")
         chart = self._outputNode(inputVolume, "chart", None, "vtkMRMLPlotChartNode", f"{name} slice scores")
+        findingsTable = self._outputNode(inputVolume, "findings", None, "vtkMRMLTableNode", f"{name} findings")
 
         updateVolumeFromImage(anomalyMap, detection.anomaly_map, inputVolume)
         updateVolumeFromImage(anomalyLabel, detection.label_map, inputVolume)
@@ -237,11 +298,13 @@ class MedicalAnomalyDetectionLogic:
                          _voxelsPerSlice(labelArray, detection.slice_axis, detection.slice_index[order]))
         table.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(detection.slice_axis))
         self._plot(chart, table, name)
+        findings = find_regions(detection.label_map, detection.anomaly_map, detection.slice_axis)
+        self._writeFindings(findingsTable, findings)
         brainMask = job.maskNode if job.maskNode is not None and job.maskNode.GetScene() is not None else None
         if brainMask is None:
             brainMask = self._brainSegmentation(inputVolume, detection.brain.mask, f"{name} brain")
             brainMask.SetAttribute(MASKING_ATTRIBUTE, job.masking)
-        self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart, brainMask))
+        self._placeBeside(inputVolume, (anomalyMap, anomalyLabel, table, chart, findingsTable, brainMask))
 
         card = job.bundle.card
         self.lastOutputs = DetectionOutputs(
@@ -253,16 +316,18 @@ class MedicalAnomalyDetectionLogic:
             sliceThreshold=card.thresholds.get("slice"), sliceAxis=detection.slice_axis,
             mostAnomalousSlice=detection.most_anomalous_slice,
             anomalousVoxels=int(labelArray.sum()), flaggedSlices=detection.flagged_slices(card.thresholds.get("slice")),
-            warnings=[*job.warnings, *detection.warnings])
+            warnings=[*job.warnings, *detection.warnings], operatingPoint=detection.operating_point,
+            findingsTable=findingsTable, findings=findings)
         return self.lastOutputs
 
     def relabel(self, threshold: float) -> DetectionOutputs:
-        """Re-threshold the last anomaly map into its label map (and the table's voxel counts) without re-running
-        the model."""
+        """Re-threshold the last anomaly map into its label map (and the table's voxel counts and the findings)
+        without re-running the model or adding nodes; the outputs' operating point becomes "given"."""
         outputs = self.lastOutputs
         if outputs is None or outputs.anomalyMap.GetScene() is None or outputs.anomalyLabel.GetScene() is None:
             raise InputError("no anomaly map to re-threshold; run Detect first")
-        label = label_from_map(imageFromVolume(outputs.anomalyMap), threshold)
+        anomalyImage = imageFromVolume(outputs.anomalyMap)
+        label = label_from_map(anomalyImage, threshold)
         updateVolumeFromImage(outputs.anomalyLabel, label, outputs.inputVolume)
         labelArray = sitk.GetArrayViewFromImage(label)
         table = outputs.sliceTable
@@ -270,9 +335,14 @@ class MedicalAnomalyDetectionLogic:
             slices = slicer.util.arrayFromTableColumn(table, SLICE_COLUMN).astype(int)
             self._writeTable(table, slices, slicer.util.arrayFromTableColumn(table, SCORE_COLUMN).copy(),
                              _voxelsPerSlice(labelArray, outputs.sliceAxis, slices))
+        findings = find_regions(label, anomalyImage, outputs.sliceAxis)
+        if outputs.findingsTable.GetScene() is not None:
+            self._writeFindings(outputs.findingsTable, findings)
         showHeatMap(outputs.anomalyMap, threshold)
         outputs.threshold = float(threshold)
+        outputs.operatingPoint = GIVEN
         outputs.anomalousVoxels = int(labelArray.sum())
+        outputs.findings = findings
         return outputs
 
     @staticmethod
@@ -284,6 +354,14 @@ class MedicalAnomalyDetectionLogic:
         volume.GetIJKToRASMatrix(matrix)
         ras = matrix.MultiplyPoint([*ijk, 1.0])
         return float(ras[0]), float(ras[1]), float(ras[2])
+
+    @staticmethod
+    def findingCenterRAS(volume: slicer.vtkMRMLVolumeNode, region: Region) -> tuple[float, float, float]:
+        """World RAS position of a finding's centroid (e.g. to jump views to it): its LPS centroid with L and P
+        negated, through the volume's parent transforms."""
+        world = [0.0, 0.0, 0.0]
+        volume.TransformPointToWorld([-region.centroid_l_mm, -region.centroid_p_mm, region.centroid_s_mm], world)
+        return float(world[0]), float(world[1]), float(world[2])
 
     @staticmethod
     def _outputNode(inputVolume: slicer.vtkMRMLScalarVolumeNode, role: str, given: slicer.vtkMRMLNode | None,
@@ -324,6 +402,16 @@ class MedicalAnomalyDetectionLogic:
         slicer.util.updateTableFromArray(
             table, [slices.astype(np.int32), scores.astype(np.float64), voxels.astype(np.int32)],
             [SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN])
+
+    @staticmethod
+    def _writeFindings(table: slicer.vtkMRMLTableNode, findings: list[Region]) -> None:
+        """One row per finding: the core's columns, then the centroid's R and A (no rows: the columns only)."""
+        columns = [np.array([getattr(region, name) for region in findings],
+                            dtype=np.int32 if name in _FINDINGS_INTEGERS else np.float64)
+                   for name in FINDINGS_COLUMNS]
+        columns += [-np.array([region.centroid_l_mm for region in findings], dtype=np.float64),
+                    -np.array([region.centroid_p_mm for region in findings], dtype=np.float64)]
+        slicer.util.updateTableFromArray(table, columns, [*FINDINGS_COLUMNS, *FINDINGS_RAS_COLUMNS])
 
     @staticmethod
     def _plot(chart: slicer.vtkMRMLPlotChartNode, table: slicer.vtkMRMLTableNode, name: str) -> None:

@@ -2,8 +2,10 @@
 or learn a new model from a few healthy reference volumes and detect with it.
 
 Detection and fitting run one at a time through a :class:`~.tasks.TaskRunner` (a worker thread polled by a
-``qt.QTimer``); Detect (or Fit) turns into Cancel meanwhile and the other waits. The threshold slider only re-labels
-the last map.
+``qt.QTimer``); Detect (or Fit) turns into Cancel meanwhile and the other waits. Detect runs at the model's own
+operating point (per scan where its card has one) and sets the threshold slider to the threshold the run used; the
+slider only re-labels the last map (and its findings). A catalogued model whose weights are not here yet is
+downloaded in the worker thread, after the user said yes. The Models section lists, installs and removes models.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from MedicalAnomalyDetectionLib.bundle import list_models, read_card, resolve_bundle_path
+from MedicalAnomalyDetectionLib.bundle import CARD_FILE, list_models, read_card, resolve_bundle_path, user_models_dir
+from MedicalAnomalyDetectionLib.catalogue import install_model, model_rows, remove_model
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
 from . import resourcePath
 from .dependencies import ensureDeepbet
 from .display import showInSliceViews
-from .choices import parseSliceRange, startingThreshold, thresholdSliderRange
+from .choices import (findingRow, findingsSummary, operatingPointText, parseSliceRange, startingThreshold,
+                      thresholdSliderRange)
 from .logic import DetectionJob, DetectionOutputs, MedicalAnomalyDetectionLogic
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
 from .tasks import TaskRunner, TaskView
@@ -45,6 +49,7 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._parameterNode: MedicalAnomalyDetectionParameterNode | None = None
         self._guiTag = None
         self._sliderRange = None  # the threshold slider's range for the selected model
+        self._modelRows: list[dict] = []  # what the Models table lists, row by row
         self.tasks = TaskRunner(
             {"detect": TaskView(self.ui.detectButton, self.ui.progressBar, self.ui.statusLabel, "Detect",
                                 "Cancelled; the scene was not changed."),
@@ -60,12 +65,17 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self._relabelTimer.connect("timeout()", self._relabel)
 
         self._fillModels()
+        self._fillModelsTable()
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
         self.ui.detectButton.connect("clicked(bool)", self._onDetectOrCancel)
         self.ui.thresholdSlider.connect("valueChanged(double)", lambda value: self._relabelTimer.start())
+        self.ui.findingsTable.connect("cellClicked(int,int)", self._goToFinding)
         self.ui.goToSliceButton.connect("clicked(bool)", self._goToMostAnomalousSlice)
         self.ui.showChartButton.connect("clicked(bool)", self._showChart)
         self.ui.fitButton.connect("clicked(bool)", self._onFitOrCancel)
+        self.ui.modelsTable.connect("itemSelectionChanged()", self._updateModelButtons)
+        self.ui.removeModelButton.connect("clicked(bool)", self._removeModel)
+        self.ui.installModelButton.connect("clicked(bool)", self._installModel)
         self.ui.resultsCollapsibleButton.collapsed = True
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *args: self.enter())
@@ -105,6 +115,8 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             self.tasks.cancel()
         self._setParameterNode(None)
         self.ui.resultsCollapsibleButton.collapsed = True  # the results of the closed scene are gone
+        self.ui.findingsTable.setRowCount(0)
+        self.ui.findingsSummaryLabel.text = ""
 
     # Models ------------------------------------------------------------------------------------------------------
 
@@ -155,12 +167,13 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         self.ui.modelInfoLabel.text = (f"{card.method}, {card.modality.upper()}, {card.preprocessing.plane} slices; "
                                        f"weights licence: {card.licence.get('weights', 'unknown')}")
         threshold = card.thresholds.get("pixel")
-        if threshold:
-            self._sliderRange = thresholdSliderRange(threshold)
-            self._applySliderRange()
         p = self._parameterNode or parameterNode()  # a fit may end while the user is in another module
+        starting = startingThreshold(model, p.model, p.threshold, threshold)
+        if threshold:
+            self._sliderRange = thresholdSliderRange(threshold, starting)  # e.g. the last run's per-scan threshold
+            self._applySliderRange()
         with slicer.util.NodeModify(p):
-            p.threshold = startingThreshold(model, p.model, p.threshold, threshold)
+            p.threshold = starting
             p.model = model
 
     def _applySliderRange(self) -> None:
@@ -180,41 +193,62 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         if not self.tasks.busy:
             ready = self._ready()["detect"]
             self.ui.detectButton.toolTip = "Find anomalies in the input volume" if ready else "Select an input volume"
+        self._updateModelButtons()
 
     def _poll(self) -> None:
         if self.tasks.poll(self._ready()):
             self._pollTimer.stop()
+            self._fillModelsTable()  # a Detect may have downloaded a model, a fit added one
             self._updateState()
 
     def _start(self, name: str, job, onResult, status: str) -> None:
         if self.tasks.start(name, job, onResult, status):
             self._pollTimer.start()
+            self._updateModelButtons()
 
     def _onDetectOrCancel(self) -> None:
         if self.tasks.isRunning("detect"):
             self.tasks.cancel()
             return
         p = self._parameterNode
-        try:
-            job = self.logic.prepare(p.inputVolume, p.model, p.brainMask, DEVICES[p.device], p.threshold or None)
+        try:  # always at the model's operating point; the slider then shows the threshold the run chose
+            job = self.logic.prepare(p.inputVolume, p.model, p.brainMask, DEVICES[p.device], threshold=None)
         except InputError as error:
             slicer.util.errorDisplay(str(error))
             return
         if job.needsBrainExtraction and not ensureDeepbet():
             slicer.util.errorDisplay("Select a brain mask for this skull-on volume, or install deepbet.")
             return
+        if job.download is not None and not self._confirmDownload(job.download):
+            self.ui.statusLabel.text = f"{job.download.name} was not downloaded; nothing was run."
+            return
         self._start("detect", job, self._applyDetection, "\n".join(job.warnings))
+
+    def _confirmDownload(self, entry) -> bool:
+        """Ask before the first use of a catalogued model downloads its weights (in the worker thread)."""
+        licence = str(entry.licence.get("weights", "unknown"))
+        if entry.licence.get("non_commercial"):
+            licence += " (non-commercial)"
+        return bool(slicer.util.confirmOkCancelDisplay(
+            f"Download {entry.name} ({entry.size / 1e6:.3g} MB) from {entry.url}?\n\n"
+            f"Its weights are saved in {user_models_dir()} and checked before use; weights licence: {licence}.",
+            windowTitle="Download model"))
 
     def _applyDetection(self, job: DetectionJob, detection) -> None:
         p = self._parameterNode or parameterNode()  # the user may have left the module (exit) during the run
         self._show(self.logic.apply(job, detection, p.outputMap, p.outputLabel, p.outputTable), p)
 
     def _show(self, outputs: DetectionOutputs, p: MedicalAnomalyDetectionParameterNode) -> None:
-        """Remember the outputs, overlay them on the input and fill the result box."""
+        """Remember the outputs, put the slider at the run's threshold (no re-labelling: :meth:`_relabel` skips the
+        threshold the label map already has), overlay them on the input and fill the result box."""
+        bounds = self._sliderRange or thresholdSliderRange(outputs.threshold)
+        self._sliderRange = bounds.including(outputs.threshold)
+        self._applySliderRange()
         with slicer.util.NodeModify(p):
             p.outputMap = outputs.anomalyMap
             p.outputLabel = outputs.anomalyLabel
             p.outputTable = outputs.sliceTable
+            p.threshold = outputs.threshold
         showInSliceViews(slicer.mrmlScene, outputs.inputVolume, outputs.anomalyMap, outputs.anomalyLabel)
         self._fillResults(outputs)
         self.ui.resultsCollapsibleButton.collapsed = False
@@ -224,10 +258,22 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
             f" ({outputs.flaggedSlices} slices above the model's slice threshold)")
         self.ui.volumeScoreLabel.text = f"{outputs.volumeScore:.3g}{flagged}"
         self.ui.anomalousVoxelsLabel.text = f"{outputs.anomalousVoxels} voxels at threshold {outputs.threshold:.3g}"
+        self.ui.operatingPointLabel.text = operatingPointText(outputs.operatingPoint)
         self.ui.deviceUsedLabel.text = (f"{outputs.device.upper()}, {outputs.seconds:.1f} s, model {outputs.model}; "
                                         f"brain: {outputs.masking} ({outputs.brainMask.GetName()})")
         self.ui.goToSliceButton.text = f"Go to most anomalous slice ({outputs.mostAnomalousSlice})"
         self.ui.statusLabel.text = "\n".join(outputs.warnings)
+        self._fillFindings(outputs.findings)
+
+    def _fillFindings(self, findings) -> None:
+        """One row per finding (id, mL, slices, peak score) and the summary above them."""
+        table = self.ui.findingsTable
+        table.clearContents()
+        table.setRowCount(len(findings))
+        for row, region in enumerate(findings):
+            for column, text in enumerate(findingRow(region)):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
+        self.ui.findingsSummaryLabel.text = findingsSummary(findings)
 
     # Results -------------------------------------------------------------------------------------------------------
 
@@ -238,12 +284,23 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         return outputs
 
     def _relabel(self) -> None:
-        if self._currentOutputs() is None or self.tasks.isRunning("detect"):
+        outputs = self._currentOutputs()
+        if outputs is None or self.tasks.isRunning("detect"):
             return
+        slider = self.ui.thresholdSlider
+        if abs(slider.value - outputs.threshold) < 0.5 * 10.0 ** -slider.decimals:
+            return  # the label map is at this threshold already (e.g. the slider was set to a run's threshold)
         try:
-            self._fillResults(self.logic.relabel(self.ui.thresholdSlider.value))
+            self._fillResults(self.logic.relabel(slider.value))
         except InputError as error:
             self.ui.statusLabel.text = str(error)
+
+    def _goToFinding(self, row: int, column: int = 0) -> None:
+        """Centre the slice views on the finding of the clicked row."""
+        outputs = self._currentOutputs()
+        if outputs is not None and 0 <= row < len(outputs.findings):
+            ras = self.logic.findingCenterRAS(outputs.inputVolume, outputs.findings[row])
+            slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
 
     def _goToMostAnomalousSlice(self) -> None:
         outputs = self._currentOutputs()
@@ -279,8 +336,102 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
         card = fitted.bundle.card
         self._fillModels()
         self._selectModel(card.name)
+        self._fillModelsTable()
         lines = [f"Model {card.name} saved in {fitted.bundle.path} ({card.training['seconds']:.0f} s); "
                  "it is selected for Detect. Its threshold comes from the references themselves, so expect "
                  "somewhat more flagged on new scans; calibrate on healthy validation scans when you can.",
                  *fitted.warnings]
         self.ui.fitStatusLabel.text = "\n".join(lines)
+
+    # Models: list, install, remove ------------------------------------------------------------------------------------
+
+    def _fillModelsTable(self) -> None:
+        """The catalogue and the user's models: name, version, modality, size, licence, where the weights are."""
+        table = self.ui.modelsTable
+        try:
+            rows = model_rows()
+        except InputError as error:
+            rows = []
+            self.ui.modelsStatusLabel.text = str(error)
+        self._modelRows = rows
+        table.clearContents()
+        table.setRowCount(len(rows))
+        for row, model in enumerate(rows):
+            size = f"{model['size'] / 1e6:.3g} MB" if model["size"] else "-"
+            texts = (model["name"], model["version"], model["modality"].upper(), size, model["licence"],
+                     model["where"])
+            for column, text in enumerate(texts):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(text)
+                table.setItem(row, column, item)
+        self._updateModelButtons()
+
+    def _selectedModelRow(self) -> dict | None:
+        items = self.ui.modelsTable.selectedItems()
+        row = items[0].row() if items else -1
+        return self._modelRows[row] if 0 <= row < len(self._modelRows) else None
+
+    def _selectedModelName(self) -> str | None:
+        row = self._selectedModelRow()
+        return row["name"] if row is not None else None
+
+    @staticmethod
+    def _removable(name: str) -> bool:
+        """Only models in the user's folder (fitted, installed or downloaded) can be removed, not the bundled ones."""
+        return (user_models_dir() / name / CARD_FILE).exists()
+
+    def _updateModelButtons(self) -> None:
+        """Remove only for a selected model of the user's folder; neither button while a task runs."""
+        selected = self._selectedModelRow()
+        busy = self.tasks.busy
+        removable = selected is not None and self._removable(selected["name"])
+        self.ui.removeModelButton.enabled = removable and not busy
+        self.ui.installModelButton.enabled = not busy
+        if busy:
+            tip = "Wait until the running task has finished"
+        elif removable:
+            tip = f"Delete {selected['name']} from {user_models_dir()}"
+        elif selected is not None and selected["where"].startswith("not downloaded"):
+            tip = f"{selected['name']} is not downloaded; nothing to remove"
+        elif selected is not None:
+            tip = f"{selected['name']} ships with the extension and cannot be removed"
+        else:
+            tip = "Select a model in your model folder to delete it"
+        self.ui.removeModelButton.toolTip = tip
+
+    def _removeModel(self) -> None:
+        name = self._selectedModelName()
+        if name is None or not self._removable(name) or self.tasks.busy:
+            return
+        if not slicer.util.confirmOkCancelDisplay(f"Delete model {name} from {user_models_dir()}?",
+                                                  windowTitle="Remove model"):
+            return
+        try:
+            folder = remove_model(name)
+        except InputError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self._modelsChanged()
+        self.ui.modelsStatusLabel.text = f"Removed {name} ({folder})."
+
+    def _installModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            self.widget, "Install a model: a bundle's card.json (weights.pt beside it) or a catalogued model's weights",
+            "", "Model bundle or weights (card.json *.pt);;All files (*)")
+        if not path:
+            return
+        try:
+            folder = install_model(path)
+        except InputError as error:
+            slicer.util.errorDisplay(f"Cannot install {path}: {error}")
+            return
+        self._modelsChanged(folder.name)
+        self.ui.modelsStatusLabel.text = f"Installed {folder.name} in {folder}; it is selected for Detect."
+
+    def _modelsChanged(self, select: str | None = None) -> None:
+        """Refill the model list and the table; select ``select``, else keep the chosen model (the first one when
+        the chosen model is gone)."""
+        p = self._parameterNode or parameterNode()
+        self._fillModels()
+        self._selectModel(select or p.model)
+        self._fillModelsTable()

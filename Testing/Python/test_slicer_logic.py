@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -11,13 +19,17 @@ slicer = pytest.importorskip("slicer")
 from conftest import head_array, make_image  # noqa: E402
 from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids  # noqa: E402
 
+from MedicalAnomalyDetectionLib import catalogue  # noqa: E402
+from MedicalAnomalyDetectionLib.bundle import WEIGHTS_FILE, load_bundle, read_card, save_bundle  # noqa: E402
 from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
-from MedicalAnomalyDetectionLib.inference import detect  # noqa: E402
+from MedicalAnomalyDetectionLib.findings import COLUMNS as FINDINGS_COLUMNS, find_regions  # noqa: E402
+from MedicalAnomalyDetectionLib.inference import detect, label_from_map  # noqa: E402
 from MedicalAnomalyDetectionLib.modality import described_modalities  # noqa: E402
-from MedicalAnomalyDetectionLib.progress import Cancelled
+from MedicalAnomalyDetectionLib.progress import Cancelled  # noqa: E402
 from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume, maskFromNode  # noqa: E402
-from MedicalAnomalyDetectionSlicer.logic import (REFERENCE_ROLES, MedicalAnomalyDetectionLogic,  # noqa: E402
-                                                 SCORE_COLUMN, SLICE_COLUMN, VOXELS_COLUMN)
+from MedicalAnomalyDetectionSlicer.logic import (FINDINGS_RAS_COLUMNS, REFERENCE_ROLES,  # noqa: E402
+                                                 MedicalAnomalyDetectionLogic, SCORE_COLUMN, SLICE_COLUMN,
+                                                 VOXELS_COLUMN, pendingDownload)
 from MedicalAnomalyDetectionSlicer.worker import Worker  # noqa: E402
 
 # An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
@@ -36,6 +48,65 @@ def scene():
 @pytest.fixture
 def volume(scene):
     return add_volume(scene, head_array(), "FLAIR axial", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES)
+
+
+def two_lesions() -> np.ndarray:
+    """head_array() with a second, smaller bright cube: two findings at the intensity model's threshold."""
+    array = head_array()
+    array[5:8, 10:13, 10:13] = 250.0
+    return array
+
+
+# A catalogued model whose weights are a release asset, served from 127.0.0.1 (or from nowhere) ---------------------
+
+class _WeightsHandler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.server.requests.append(self.path)
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def weights_server(files: dict[str, bytes]):
+    """A threaded HTTP server on 127.0.0.1 serving ``files`` (path -> bytes); ``requests`` records the paths asked."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _WeightsHandler)
+    httpd.files, httpd.requests = files, []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def release(models_dir: Path, bundle_dir: Path, monkeypatch, base_url: str) -> bytes:
+    """Copy ``bundle_dir`` into the package's models folder ``models_dir`` as a released catalogued model: its card
+    only, the catalogue rewritten (weight-free models there stay bundled), the weights returned for a server at
+    ``base_url`` (``$MAD_MODEL_BASE_URL``, as a mirror) to offer as ``/<name>-<version>.pt``."""
+    name = read_card(bundle_dir).name
+    shutil.copytree(bundle_dir, models_dir / name)
+    catalogue.write_catalogue(models_dir)
+    weights = (models_dir / name / WEIGHTS_FILE).read_bytes()
+    (models_dir / name / WEIGHTS_FILE).unlink()
+    monkeypatch.setenv("MAD_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv(catalogue.BASE_URL_ENV, base_url)
+    return weights
 
 
 def _mask_array(shape=(24, 40, 40)) -> np.ndarray:
@@ -381,3 +452,142 @@ def test_masking_none_does_not_reuse_the_brain_found(scene, volume, intensity_bu
     assert logic.previousBrainMask(volume) is outputs.brainMask  # the auto run's brain, reusable again
     with pytest.raises(InputError, match="masking must be one of"):
         logic.prepare(volume, intensity_bundle.path, masking="skull")
+
+
+# Findings -----------------------------------------------------------------------------------------------------------
+
+def _table_columns(table) -> list[str]:
+    return [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+
+
+def test_findings_are_a_table_beside_the_outputs_and_follow_relabel(scene, intensity_bundle):
+    volume = add_volume(scene, two_lesions(), "FLAIR axial", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES)
+    hierarchy = scene.GetSubjectHierarchyNode()
+    study = hierarchy.CreateStudyItem(hierarchy.GetSceneItemID(), "study")
+    hierarchy.CreateItem(study, volume)
+    logic = MedicalAnomalyDetectionLogic()
+    outputs = logic.process(volume, model=intensity_bundle.path)
+
+    # the core on the same volume (its LPS geometry), independent of the Logic
+    core = detect(make_image(two_lesions(), origin=(-90.0, -120.0, -30.0)), intensity_bundle)
+    expected = find_regions(core.label_map, core.anomaly_map, core.slice_axis)
+    assert len(expected) == 2 and expected[0].ml > expected[1].ml  # the big cube, then the small one
+    found = outputs.findings
+    assert [(r.id, r.voxels, r.ml, r.first_slice, r.last_slice) for r in found] == [
+        (r.id, r.voxels, r.ml, r.first_slice, r.last_slice) for r in expected]
+    for mine, theirs in zip(found, expected):
+        assert (mine.centroid_l_mm, mine.centroid_p_mm, mine.centroid_s_mm, mine.peak_score) == pytest.approx(
+            (theirs.centroid_l_mm, theirs.centroid_p_mm, theirs.centroid_s_mm, theirs.peak_score), abs=1e-4)
+    assert outputs.operatingPoint == "fixed" and outputs.threshold == 3.0
+
+    table = outputs.findingsTable
+    assert table.GetName() == "FLAIR axial findings" and table.GetScene() is scene
+    assert volume.GetNodeReference(REFERENCE_ROLES["findings"]) is table
+    assert _table_columns(table) == [*FINDINGS_COLUMNS, *FINDINGS_RAS_COLUMNS]
+    column = lambda name: slicer.util.arrayFromTableColumn(table, name)  # noqa: E731
+    np.testing.assert_array_equal(column("id"), [1, 2])
+    np.testing.assert_allclose(column("ml"), [r.ml for r in found])
+    np.testing.assert_array_equal(column("first_slice"), [r.first_slice for r in found])
+    np.testing.assert_array_equal(column("last_slice"), [r.last_slice for r in found])
+    np.testing.assert_allclose(column("centroid_r_mm"), [-r.centroid_l_mm for r in found])  # R = -L
+    np.testing.assert_allclose(column("centroid_a_mm"), [-r.centroid_p_mm for r in found])  # A = -P
+    np.testing.assert_allclose(column("centroid_s_mm"), [r.centroid_s_mm for r in found])
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(table)) == study
+    # the big cube of head_array() (K 10-14, J 17-23, I 23-29): its centre in RAS from the volume's own matrix
+    centre = ijk_to_ras(volume) @ [26.0, 20.0, 12.0, 1.0]
+    assert logic.findingCenterRAS(volume, found[0]) == pytest.approx(tuple(centre[:3]), abs=0.5)
+
+    ids = node_ids(scene)
+    anomaly = imageFromVolume(outputs.anomalyMap)
+    for threshold in (1.5, 100.0):
+        relabelled = logic.relabel(threshold)
+        expected = find_regions(label_from_map(anomaly, threshold), anomaly, outputs.sliceAxis)
+        assert relabelled.findings == expected and table.GetNumberOfRows() == len(expected)
+        assert relabelled.findingsTable is table and relabelled.operatingPoint == "given"
+        assert node_ids(scene) == ids
+    assert relabelled.findings == [] and _table_columns(table) == [*FINDINGS_COLUMNS, *FINDINGS_RAS_COLUMNS]
+
+    second = logic.process(volume, model=intensity_bundle.path, threshold=2.0)  # a fixed choice from the console
+    assert node_ids(scene) == ids and second.findingsTable is table and table.GetNumberOfRows() == 2
+    assert second.operatingPoint == "given" and second.threshold == 2.0
+
+    scene.RemoveNode(table)  # a deleted findings table: relabel still updates the findings, a run makes a new one
+    assert len(logic.relabel(1.5).findings) > 2
+    third = logic.process(volume, model=intensity_bundle.path)
+    assert third.findingsTable is not table and third.findingsTable.GetNumberOfRows() == 2
+
+
+def test_a_finding_centre_follows_the_parent_transform(scene, intensity_bundle):
+    volume = add_volume(scene, two_lesions(), "FLAIR", origin_ras=ORIGIN_RAS, directions_ras=LPS_AXES)
+    outputs = MedicalAnomalyDetectionLogic().process(volume, model=intensity_bundle.path)
+    region = outputs.findings[1]
+    local = (-region.centroid_l_mm, -region.centroid_p_mm, region.centroid_s_mm)
+    assert MedicalAnomalyDetectionLogic.findingCenterRAS(volume, region) == pytest.approx(local)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk_translation(10.0, -5.0, 2.0)
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    assert MedicalAnomalyDetectionLogic.findingCenterRAS(volume, region) == pytest.approx(
+        (local[0] + 10.0, local[1] - 5.0, local[2] + 2.0))
+
+
+def vtk_translation(x: float, y: float, z: float):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    for axis, value in enumerate((x, y, z)):
+        matrix.SetElement(axis, 3, value)
+    return matrix
+
+
+def test_a_per_scan_card_runs_per_scan_unless_a_threshold_is_given(scene, volume, intensity_bundle, tmp_path):
+    card = replace(intensity_bundle.card, name="intensity-per-scan",
+                   thresholds={"pixel": 3.0, "pixel_fpr": 0.01, "per_scan_k": 3.5})
+    folder = save_bundle(tmp_path / "per-scan", card, None)
+    logic = MedicalAnomalyDetectionLogic()
+    outputs = logic.process(volume, model=folder)
+    core = detect(make_image(head_array(), origin=(-90.0, -120.0, -30.0)), load_bundle(folder))
+    assert outputs.operatingPoint == core.operating_point == "per-scan"
+    assert outputs.threshold == pytest.approx(core.threshold) and outputs.threshold != 3.0
+    np.testing.assert_array_equal(_array(outputs.anomalyLabel), _array(outputs.anomalyMap) >= outputs.threshold)
+    fixed = logic.process(volume, model=folder, threshold=3.0)
+    assert fixed.operatingPoint == "given" and fixed.threshold == 3.0
+
+
+# Catalogued models whose weights are not downloaded yet --------------------------------------------------------------
+
+def test_prepare_does_not_download_and_the_job_does(scene, volume, tiny_bundle_dir, tmp_path, monkeypatch):
+    user = tmp_path / "user"
+    monkeypatch.setenv("MAD_USER_MODELS_DIR", str(user))
+    weights = release(tmp_path / "packaged", tiny_bundle_dir, monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    logic = MedicalAnomalyDetectionLogic()
+    ids = node_ids(scene)
+
+    job = logic.prepare(volume, "tiny", device="cpu")  # nothing can leave the machine: prepare does not try
+    entry = job.download
+    assert job.bundle is None and entry is not None and pendingDownload("tiny") == entry
+    assert (entry.name, entry.size) == ("tiny", len(weights)) and entry.url.endswith("/tiny-test.pt")
+    assert not user.exists() and node_ids(scene) == ids
+    with pytest.raises(InputError, match=r"^could not download model tiny from http://127\.0\.0\.1:\d+/tiny-test\.pt: "
+                                         r"the server is unreachable \(.*\); install it from a file"):
+        job.run()
+    assert not (user / "tiny").exists() and node_ids(scene) == ids
+
+    with weights_server({"/tiny-test.pt": weights}) as server:
+        monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}")
+        stages = []
+        job = logic.prepare(volume, "tiny", device="cpu")
+        with pytest.raises(Cancelled):  # cancelled during the download: no model installed
+            job.run(lambda fraction, stage: stages.append(stage), cancel=lambda: bool(stages))
+        assert stages[0].startswith("downloading tiny test") and not (user / "tiny").exists()
+        assert node_ids(scene) == ids
+
+        worker = Worker(logic.prepare(volume, "tiny", device="cpu"))
+        worker.start()
+        assert worker.wait(30) and worker.error is None
+        outputs = logic.apply(worker.job, worker.result)
+    assert (user / "tiny" / WEIGHTS_FILE).read_bytes() == weights and outputs.model == "tiny"
+    assert server.requests == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked, not fetched again
+    assert pendingDownload("tiny") is None
+    job = logic.prepare(volume, "tiny", device="cpu")
+    assert job.download is None and job.bundle.path == user / "tiny"

@@ -39,7 +39,9 @@ EXPECTED_CLASSES = {
     "referenceSlicesLineEdit": "QLineEdit", "referenceModalityComboBox": "QComboBox",
     "newModelNameLineEdit": "QLineEdit", "backbonePathLineEdit": "ctkPathLineEdit",
     "textureFolderLineEdit": "ctkPathLineEdit", "fitButton": "QPushButton", "fitProgressBar": "QProgressBar",
-    "fitStatusLabel": "QLabel",
+    "fitStatusLabel": "QLabel", "operatingPointLabel": "QLabel", "findingsSummaryLabel": "QLabel",
+    "findingsTable": "QTableWidget", "modelsCollapsibleButton": "ctkCollapsibleButton", "modelsTable": "QTableWidget",
+    "installModelButton": "QPushButton", "removeModelButton": "QPushButton", "modelsStatusLabel": "QLabel",
 }
 
 
@@ -117,6 +119,16 @@ def test_reference_contrasts_are_ones_the_models_name(panel):
 def test_detect_starts_disabled(panel):
     button = _widget(panel, "detectButton")
     assert button.text == "Detect" and not button.enabled
+
+
+def test_the_tables_have_their_columns_and_are_read_only(panel):
+    for name, headers in (("findingsTable", ["#", "mL", "Slices", "Peak score"]),
+                          ("modelsTable", ["Name", "Version", "Modality", "Size", "Licence", "Where"])):
+        table = _widget(panel, name)
+        assert [table.horizontalHeaderItem(i).text() for i in range(table.columnCount)] == headers, name
+        assert table.editTriggers == QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers, name
+        assert table.selectionBehavior == QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows, name
+    assert not _widget(panel, "removeModelButton").enabled  # until a removable model is selected
 
 
 def test_every_node_selector_gets_the_scene(panel):
