@@ -27,6 +27,18 @@ panel.findChild(QtWidgets.QProgressBar, "progressBar").hide()
 progress = panel.findChild(QtWidgets.QProgressBar, "fitProgressBar")
 progress.setValue(42)
 progress.setFormat("training adapter and discriminator: %p%")
+findings = panel.findChild(QtWidgets.QTableWidget, "findingsTable")
+for row, cells in enumerate((("1", "2.41", "88–97", "7.9"), ("2", "0.36", "101–104", "6.2"))):
+    findings.insertRow(row)
+    for column, text in enumerate(cells):
+        findings.setItem(row, column, QtWidgets.QTableWidgetItem(text))
+panel.findChild(QtWidgets.QLabel, "findingsSummaryLabel").setText("2 findings, 2.77 mL (example values)")
+models = panel.findChild(QtWidgets.QTableWidget, "modelsTable")
+for row, cells in enumerate((("patchgan-flair", "0.2.0", "flair", "2.9 MB", "bundled"),
+                             ("scrps-t1", "0.2.0", "t1", "36.5 MB", "not downloaded"))):
+    models.insertRow(row)
+    for column, text in enumerate(cells[:models.columnCount()]):
+        models.setItem(row, column, QtWidgets.QTableWidgetItem(text))
 panel.resize(420, 900)
 panel.adjustSize()
 panel.grab().save("docs/images/slicer_panel.png")
