@@ -51,14 +51,27 @@ export_bundles() {
         --set intensity_prior=0.1075
 }
 
+# Each model's per-scan k (docs/analysis/per_scan_threshold.md, per_scan_t1.md; none: labels at the fixed
+# threshold) and slice score (docs/analysis/slice_scores.md), all chosen on validation splits.
+declare -A PER_SCAN_K=([patchgan-flair]=3.5 [intensity-flair]=3.5 [pathoscope-flair]=2.5 [patchgan-flair-paper]=3
+                       [ae-flair]=3 [patchgan-t1]=3 [intensity-t1]=2.5 [scrps-t1]=3.5)
+declare -A SLICE_SCORE=([patchgan-flair]=peak-z [intensity-flair]=peak-z)
+
+calibrate_options() {
+    local model=$1
+    if [[ -n "${PER_SCAN_K[$model]:-}" ]]; then echo "--per-scan-k ${PER_SCAN_K[$model]}"; fi
+    echo "--slice-score ${SLICE_SCORE[$model]:-method}"
+}
+
 calibrate() {
     # 1 % of healthy brain voxels (docs/analysis/operating_points.py), both FLAIR validation sources weighing the same
     for model in $FLAIR_MODELS; do
         python -m training calibrate --model $model --dataset "$DATA/lgg_flair" "$DATA/nichart_wmh" --split val \
-            --device cpu
+            --device cpu $(calibrate_options $model)
     done
     for model in $T1_MODELS; do
-        python -m training calibrate --model $model --dataset "$DATA/ixi_t1" --split val --device cpu
+        python -m training calibrate --model $model --dataset "$DATA/ixi_t1" --split val --device cpu \
+            $(calibrate_options $model)
     done
 }
 
@@ -117,7 +130,8 @@ scrps() {
     python docs/scrps/scrps_choices.py --model $MODELS/scrps-t1 --data cache/ixi_t1_val_80x64.npz --out docs/scrps \
         --per-case 8 --threads 2
     python -m training configure --model scrps-t1 --set refine_steps=0  # the encoder alone held the val quality
-    python -m training calibrate --model scrps-t1 --dataset "$DATA/ixi_t1" --split val --device cpu
+    python -m training calibrate --model scrps-t1 --dataset "$DATA/ixi_t1" --split val --device cpu \
+        $(calibrate_options scrps-t1)
     # the paper's Table 1 and Fig. 3 on ixi_t1 test + mslub T1 test, beside the other T1 models
     python docs/scrps/scrps_table.py --model $MODELS/scrps-t1 --baselines patchgan-t1 intensity-t1 \
         --data-root "$DATA" --out docs/scrps --steps 0 5 10 20 --update-card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import replace
@@ -187,6 +188,7 @@ def test_fit_references_saves_a_model_detect_uses_and_never_overwrites(tmp_path)
     card = fitted.bundle.card
     assert (card.method, card.modality) == ("pathoscope", "flair")
     assert card.map_normalisation == "volume" and card.thresholds["pixel_fpr"] == 0.01
+    assert card.thresholds["per_scan_k"] == 2.5  # models fitted from references label per scan, as the bundled one
     assert 1.0 < card.thresholds["pixel"] < 10.0  # robust SDs above each volume's typical brain value
     assert card.training["references"] == ["healthy0", "healthy1"] and fitted.warnings == []
     # the threshold is in the units detect gives the maps: scored as detect scores them, 1 % of the references'
@@ -220,7 +222,8 @@ def test_mad_detect_runs_a_fitted_model(tmp_path):
                  "--device", "cpu"]) == 0
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_label.nii.gz")))
     anomaly = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_map.nii.gz")))
-    threshold = load_bundle(tmp_path / "cli-model").card.thresholds["pixel"]
+    threshold = json.loads((out / "report.json").read_text())["threshold"]  # per scan, from this volume's map
+    assert threshold != load_bundle(tmp_path / "cli-model").card.thresholds["pixel"]
     np.testing.assert_array_equal(label, (anomaly >= np.float32(threshold)).astype(np.uint8))
 
 

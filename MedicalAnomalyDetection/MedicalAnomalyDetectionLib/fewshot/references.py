@@ -20,6 +20,7 @@ from ..pipeline import score_volume
 from ..preprocessing import PreparedVolume, prepare_volume
 from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from ..run_record import RunRecord, card_from_run
+from ..operating_point import PER_SCAN_MEANING
 from ..scoring import PIXEL_FPR, SLICE_FPR, TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
 from .synthesis import folder_textures
@@ -31,7 +32,9 @@ LESION_WARNING_ML = 10.0
 # A reference is acquired in a plane when its slices are this much thicker than the in-plane spacing.
 THICK_SLICE_RATIO = 2.0
 # Without validation scans, thresholds come from the references themselves at scoring.PIXEL_FPR of their brain
-# pixels and scoring.SLICE_FPR of their slices (in-sample, so on new healthy scans somewhat more is flagged).
+# pixels and scoring.SLICE_FPR of their slices (in-sample, so on new healthy scans somewhat more is flagged); label
+# maps are made per scan with the k chosen for the bundled PathoSCOPE on validation (docs/analysis/per_scan_threshold.md).
+PER_SCAN_K = 2.5
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def reference_thresholds(bundle: Bundle, references: list[tuple[PreparedVolume, 
         scores.append(scored.slice_scores[keep])
     return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
             "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR,
+            "per_scan_k": PER_SCAN_K, "per_scan_meaning": PER_SCAN_MEANING,
             "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy validation "
                              "scans with `python -m training calibrate` when you have them"}
 
