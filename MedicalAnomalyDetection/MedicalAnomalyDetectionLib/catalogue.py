@@ -32,6 +32,7 @@ from .bundle import CARD_FILE, WEIGHTS_FILE, read_card, sha256_of
 from .card import ModelCard
 from .errors import InputError
 from .progress import ProgressCallback
+from .volume_io import make_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,7 @@ def _user_dir() -> Path:
     """The user folder, created if missing; an InputError if it cannot be written."""
     folder = bundle.user_models_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".mad-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_folder(folder)
     except OSError as error:
         raise InputError(f"cannot write the model folder {folder} ({error.strerror or error}); "
                          f"set MAD_USER_MODELS_DIR to a writable folder") from None

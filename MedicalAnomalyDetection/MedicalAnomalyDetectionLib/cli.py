@@ -21,7 +21,7 @@ from .inference import detect
 from .modality import modality_warning
 from .operating_point import MODES, PER_SCAN
 from .outputs import OutputPaths, detection_report, write_detection
-from .volume_io import read_volume, refuse_overwriting
+from .volume_io import make_writable_folder, read_volume, refuse_overwriting
 
 
 
@@ -75,10 +75,7 @@ def _manage_models(args: argparse.Namespace) -> int:
 
 def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".mad-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_folder(folder)
     except OSError as error:
         raise InputError(f"output folder is not writable: {folder} ({error.strerror})") from None
     refuse_overwriting(OutputPaths(folder).files, inputs)

@@ -229,6 +229,14 @@ def write_image(image: sitk.Image, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def make_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if missing and prove a file can be written in it; an OSError says why not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".mad-write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def refuse_overwriting(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
     """An InputError if any of ``outputs`` is one of ``inputs`` (the same file by its resolved path)."""
     sources = {Path(p).resolve() for p in inputs}
