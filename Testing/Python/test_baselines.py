@@ -118,11 +118,11 @@ def test_compare_writes_the_table_and_figures(toy_dataset, tiny_bundle_dir, inte
     assert main(["compare", "--models", str(tiny_bundle_dir), str(intensity_bundle.path), "--data-root",
                  str(toy_dataset.parent), "--datasets", "toy", "--out", str(out), "--device", "cpu"]) == 0
     results = json.loads((out / "comparison.json").read_text())
-    assert set(results) == {"tiny", "tiny (ranking off)", "intensity-tiny"}
+    assert set(results) == {"tiny", "tiny (ranking off)", "tiny (top-2 ranking)", "intensity-tiny"}
     assert all(0.0 <= r["toy"]["slice_auroc"] <= 1.0 for r in results.values())
     assert results["intensity-tiny"]["toy"]["voxel_auroc"] > 0.9  # the toy lesion is the brightest thing
     table = (out / "comparison.md").read_text().splitlines()
-    assert len(table) == 2 + 3 + 2 and table[0].startswith("| method | toy slice AUROC")
+    assert len(table) == 2 + 4 + 2 and table[0].startswith("| method | toy slice AUROC")
     assert table[-2].startswith("| position only: brain area | 0.") and table[-1].startswith("| position only: cent")
     assert {"brain_area", "centrality"} == set(results["intensity-tiny"]["toy"]["position_only_slice_auroc"])
     assert (out / "roc_toy.png").stat().st_size > 0 and (out / "scores_toy.png").stat().st_size > 0

@@ -368,8 +368,9 @@ def test_learn_normal_from_references_then_detect_with_the_new_model(scene, volu
         np.testing.assert_array_equal(_array(node), array)
 
     outputs = logic.process(volume, model=fitted.bundle.path, device="cpu")
-    assert outputs.model == "my-normal" and outputs.threshold == fitted.bundle.card.thresholds["pixel"]
+    assert outputs.model == "my-normal" and outputs.operatingPoint == "per-scan"  # as the bundled PathoSCOPE
     assert _array(outputs.anomalyMap).shape == _array(volume).shape
+    np.testing.assert_array_equal(_array(outputs.anomalyLabel), _array(outputs.anomalyMap) >= outputs.threshold)
 
     with pytest.raises(InputError, match="at least 2"):
         logic.fitReferences(references[:1], "one", "flair", **options)
