@@ -112,10 +112,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from MedicalAnomalyDetectionLib.bundle import write_card
-
     from .datasets import load_cases
-    from .evaluation import metrics_key, score_split, summarise, write_report
+    from .evaluation import add_metrics, metrics_key, score_split, summarise, write_report
 
     bundle, method = _load_for_scoring(args, args.ablation)
     cases = load_cases(args.dataset, args.split, bundle.card.modality)
@@ -125,9 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     summary.update(dataset=dataset, split=args.split, modality=bundle.card.modality, command=args.command_line)
     write_report(scores, summary, f"{bundle.card.name} on {dataset} {args.split}", args.out)
     if args.update_card:
-        key = metrics_key(dataset, args.split, args.ablation, args.brain_mask)
-        bundle.card.metrics[key] = summary
-        write_card(bundle.path, bundle.card)
+        add_metrics(bundle.path, {metrics_key(dataset, args.split, args.ablation, args.brain_mask): summary})
     print(json.dumps(summary, indent=2))
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle, write_card
+from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.methods import applicable_ablations, build_method, with_overrides
 
 from .datasets import load_cases
-from .evaluation import metrics_key, score_split, summarise, write_report
+from .evaluation import add_metrics, metrics_key, score_split, summarise, write_report
 from .plots import plot_roc, plot_score_distributions
 
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
@@ -37,6 +37,7 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     bundles = [load_bundle(model) for model in models]
     variants = {bundle.card.name: _variants(bundle) for bundle in bundles}
     results: dict[str, dict[str, dict]] = {}
+    measured: dict[Path, dict[str, dict]] = {}  # card metrics to add, by bundle folder
     for dataset in datasets:
         curves, references, staged = {}, {}, {}  # staged: each case read and staged once per preprocessing
         for bundle in bundles:
@@ -55,15 +56,14 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
                                  folder / dataset)
                 if update_cards:
                     key = metrics_key(dataset, "test", ablation)
-                    bundle.card.metrics[key] = {**summary, "dataset": dataset, "split": "test",
-                                                "modality": bundle.card.modality, "command": command}
+                    measured.setdefault(bundle.path, {})[key] = {**summary, "dataset": dataset, "split": "test",
+                                                                 "modality": bundle.card.modality, "command": command}
                 print(f"{name} on {dataset}: " + ", ".join(f"{k} {summary.get(k)}" for k, _ in TABLE_METRICS)
                       + f", position-only slice AUROC {summary.get('position_only_slice_auroc')}")
         plot_roc({**curves, **references}, f"slice-level ROC on {dataset} test", out / f"roc_{dataset}.png")
         plot_score_distributions(curves, f"slice scores on {dataset} test", out / f"scores_{dataset}.png")
-    if update_cards:
-        for bundle in bundles:
-            write_card(bundle.path, bundle.card)
+    for folder, metrics in measured.items():
+        add_metrics(folder, metrics)
     (out / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "comparison.md").write_text(markdown(results, datasets) + "\n")
     return results

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from MedicalAnomalyDetectionLib import inference
-from MedicalAnomalyDetectionLib.bundle import Bundle
+from MedicalAnomalyDetectionLib.bundle import Bundle, read_card, write_card
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod
 from MedicalAnomalyDetectionLib.operating_point import operating_point
@@ -312,3 +312,11 @@ def calibrate(sources: dict[str, SplitScores], pixel_fpr: float, slice_fpr: floa
                        f"{', '.join(sources)}",
             "healthy_voxels": {name: int(len(p)) for name, p in zip(sources, pixels)},
             "healthy_slices": {name: int(len(p)) for name, p in zip(sources, slices)}}
+
+
+def add_metrics(folder: Path, metrics: dict[str, dict]) -> None:
+    """Add ``metrics`` (key -> summary) to the card in ``folder``, read afresh just before writing, so that runs
+    side by side (compare, evaluate) never drop each other's entries."""
+    card = read_card(folder)
+    card.metrics.update(metrics)
+    write_card(folder, card)

@@ -75,6 +75,8 @@ def test_only_ablations_that_change_a_model_are_scored(tiny_bundle, tiny_bundle_
     assert set(applicable_ablations(tiny_bundle)) == {"ranking off", "top-2 ranking"}
     with_prior = with_overrides(tiny_bundle, {"intensity_prior": 0.1})
     assert set(applicable_ablations(with_prior)) == {"ranking off", "top-2 ranking", "no intensity prior"}
+    with_prior.card.slice_score = "peak-z"  # slices scored by peak z: the patch ranking changes nothing
+    assert set(applicable_ablations(with_prior)) == {"no intensity prior"}
     assert main(["evaluate", "--model", str(tiny_bundle_dir), "--dataset", str(toy_dataset), "--split", "test",
                  "--ablation", "no intensity prior", "--out", str(tmp_path / "r")]) == 1
 

@@ -68,10 +68,12 @@ def with_overrides(bundle: Bundle, overrides: dict) -> Bundle:
 
 def applicable_ablations(bundle: Bundle) -> dict[str, dict]:
     """The ablations of ``bundle``'s method that change what this model does (not, e.g., "no intensity prior" on a
-    model without one), by name: the rows ``compare`` and ``evaluate --ablation`` may score."""
+    model without one, nor the patch ranking of a model whose card scores slices by peak z), by name: the rows
+    ``compare`` and ``evaluate --ablation`` may score."""
     base = _settings(bundle)
+    ranked = bundle.card.slice_score == "method"
     return {name: change for name, change in method_class(bundle.card.method).ablations.items()
-            if _settings(with_overrides(bundle, change)) != base}
+            if (ranked or set(change) != {"ranking"}) and _settings(with_overrides(bundle, change)) != base}
 
 
 def _settings(bundle: Bundle) -> object:
