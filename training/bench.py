@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.cohort import items_from_inputs, run_cohort
-from MedicalAnomalyDetectionLib.inference import detect, method_device, stage_volume
+from MedicalAnomalyDetectionLib.inference import detect, stage_volume
 from MedicalAnomalyDetectionLib.operating_point import operating_point
 from MedicalAnomalyDetectionLib.methods import AnomalyMethod, build_method
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for, choose_device
@@ -66,7 +66,7 @@ def network_seconds(method: AnomalyMethod, prepared: PreparedVolume, batch_size:
     todo = np.flatnonzero(prepared.mask.any(axis=(1, 2)))
     batches = [(torch.from_numpy(prepared.slices[chosen]), torch.from_numpy(prepared.mask[chosen]))
                for chosen in np.array_split(todo, max(1, -(-len(todo) // batch_size)))]
-    device = method_device(method)
+    device = method.device
     best = float("inf")
     for _ in range(repeats):
         _synchronise(device)
@@ -121,7 +121,7 @@ def run_benchmark(model: str, device_name: str = "auto", repeats: int = 3) -> di
         result = detect(image, bundle, method=method)
         times.append(time.perf_counter() - started)
     seconds = min(times)
-    prepared = stage_volume(image, bundle, None, method_device(method)).prepared
+    prepared = stage_volume(image, bundle, None, method.device).prepared
     network = network_seconds(method, prepared, repeats=repeats)
     brain_slices = int(prepared.mask.any(axis=(1, 2)).sum())
     scored_slices = int((result.slice_scores > 0).sum())

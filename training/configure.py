@@ -13,7 +13,7 @@ import torch
 from MedicalAnomalyDetectionLib import __version__
 from MedicalAnomalyDetectionLib.bundle import CARD_FILE, WEIGHTS_FILE, load_bundle, write_card
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods import build_method, with_overrides
+from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -34,14 +34,15 @@ def parse_settings(items: list[str]) -> dict:
 def configure(model: str, changes: dict, out: Path | None, command: str) -> Path:
     """Apply ``changes`` to the bundle's hyper-parameters and write it to ``out`` (weights copied) or in place."""
     bundle = load_bundle(model)
-    changed = with_overrides(bundle, changes)
-    method = build_method(changed, torch.device("cpu"))  # refuses settings the method cannot use
-    config = getattr(method, "config", None)  # settings newer than the card are known to the method's config
-    known = set(bundle.card.hyperparameters) | set(config.to_dict() if hasattr(config, "to_dict") else {})
+    # settings newer than the card are known to the method's configuration
+    known = set(bundle.card.hyperparameters) | set(method_class(bundle.card.method).configure(
+        bundle.card.hyperparameters).to_dict())
     unknown = sorted(set(changes) - known)
     if unknown:
         raise InputError(f"{bundle.card.name} has no hyper-parameter {', '.join(unknown)} "
                          f"(it has {', '.join(sorted(known))})")
+    changed = with_overrides(bundle, changes)
+    build_method(changed, torch.device("cpu"))  # refuses settings the method cannot use
     card = changed.card
     card.version = __version__
     card.thresholds, card.metrics, card.benchmark = {}, {}, {}

@@ -146,7 +146,7 @@ def score_split(method: AnomalyMethod, bundle: Bundle, cases: list[Case], batch_
     # the label map mad-detect makes by default (the card's default operating point: per scan where the card has one)
     point = operating_point(bundle.card) if threshold is not None else operating_point(bundle.card, _NO_THRESHOLD)
     pre = bundle.card.preprocessing
-    device = inference.method_device(method)
+    device = method.device
     for case in cases:
         started = time.perf_counter()
         key = (str(case.image), json.dumps(pre.to_dict(), sort_keys=True), masking)

@@ -19,8 +19,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.methods.stylegan2 import CONFIGS, Discriminator, Generator, StyleGAN2Config
+from MedicalAnomalyDetectionLib.serialise import DictSerialisable
 
 from .loop import save_checkpoint as write_atomically
 from .slice_set import SliceSet
@@ -41,8 +43,10 @@ ITERATIONS = {"paper": 12000, "reduced": 8000, "tiny": 20}  # default --iteratio
 
 
 @dataclass(frozen=True)
-class GANSettings:
+class GANSettings(DictSerialisable):
     """Optimisation settings; written to run.json and checked on ``--resume``."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("betas",)
 
     batch_size: int = 16
     learning_rate: float = 0.002
@@ -65,13 +69,6 @@ class GANSettings:
         if self.r1_gamma is not None:
             return self.r1_gamma
         return 0.0002 * config.size[0] * config.size[1] / self.batch_size
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "betas": list(self.betas)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "GANSettings":
-        return cls(**{**data, "betas": tuple(data["betas"])})
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import InputError
+from .serialise import DictSerialisable
 
 CARD_FORMAT = 1
 
@@ -16,8 +18,10 @@ SLICE_SCORES = ("method", "peak-z")  # as scoring.SLICE_SCORES (the card imports
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(DictSerialisable):
     """What a model expects of its input; read from and written to the model card."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("plane", "size", "spacing_mm", "normalisation", "clip")
 
     plane: str = "axial"
     size: tuple[int, int] = (128, 128)  # rows (H), columns (W)
@@ -37,18 +41,9 @@ class Preprocessing:
         if len(self.clip) != 2 or self.clip[0] >= self.clip[1]:
             raise InputError(f"intensity clip range {self.clip} is not (low, high)")
 
-    def to_dict(self) -> dict:
-        return {"plane": self.plane, "size": list(self.size), "spacing_mm": self.spacing_mm,
-                "normalisation": self.normalisation, "clip": list(self.clip)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
-        return cls(plane=data["plane"], size=tuple(data["size"]), spacing_mm=float(data["spacing_mm"]),
-                   normalisation=data["normalisation"], clip=tuple(data["clip"]))
-
 
 @dataclass
-class ModelCard:
+class ModelCard(DictSerialisable):
     """Everything a user and the code need to know about a bundle; see README "Model bundles"."""
 
     name: str
@@ -73,16 +68,10 @@ class ModelCard:
         if self.slice_score not in SLICE_SCORES:
             raise InputError(f"unknown slice score {self.slice_score!r}; one of {SLICE_SCORES}")
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["preprocessing"] = self.preprocessing.to_dict()
-        return data
-
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
+        """A card from its JSON, or an InputError saying what is malformed."""
         try:
-            fields = dict(data)
-            fields["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
-            return cls(**fields)
+            return super().from_dict(data)
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"model card is malformed: {error}") from None

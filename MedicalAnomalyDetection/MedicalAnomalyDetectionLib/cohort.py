@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from .brain_extraction import MASKING_MODES
 from .bundle import Bundle
 from .errors import InputError
-from .inference import StagedVolume, method_device, score_staged, stage_volume
+from .inference import StagedVolume, score_staged, stage_volume
 from .methods import AnomalyMethod
 from .modality import modality_warning
 from .operating_point import OperatingPoint
@@ -210,7 +210,7 @@ def _stage(item: CohortItem, bundle: Bundle, method: AnomalyMethod) -> StagedVol
     image = read_volume(item.input)
     given = item.brain_mask not in MASKING_MODES
     mask = read_volume(item.brain_mask) if given else None
-    return stage_volume(image, bundle, mask, method_device(method), "auto" if given else item.brain_mask)
+    return stage_volume(image, bundle, mask, method.device, "auto" if given else item.brain_mask)
 
 
 def _failure(error: Exception) -> str:

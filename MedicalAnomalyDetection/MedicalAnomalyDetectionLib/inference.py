@@ -100,7 +100,7 @@ def score_staged(staged: StagedVolume, bundle: Bundle, method: AnomalyMethod, po
     try:
         return _score(staged, bundle, method, point, batch_size, progress, cancel)
     except torch.cuda.OutOfMemoryError:
-        if method_device(method).type != "cuda":
+        if method.device.type != "cuda":
             raise
     log.warning("the GPU ran out of memory; scoring again on the CPU")
     torch.cuda.empty_cache()
@@ -143,7 +143,7 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
     reuse an already built method (e.g. across many volumes). A GPU out of memory: see :func:`score_staged`.
     """
     point = operating_point(bundle.card, threshold, operating)
-    run_device = choose_device(device) if method is None else method_device(method)
+    run_device = choose_device(device) if method is None else method.device
     staged = stage_volume(image, bundle, brain_mask, run_device, masking, sub_progress(progress, 0.0, 0.1), cancel)
     if method is None:
         if progress is not None:
@@ -151,7 +151,3 @@ def detect(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | None = No
         method = build_method(bundle, run_device)
     return score_staged(staged, bundle, method, point, batch_size, progress, cancel)
 
-
-def method_device(method: AnomalyMethod) -> torch.device:
-    """Where a built method runs (the CPU for methods that keep no device)."""
-    return getattr(method, "device", torch.device("cpu"))

@@ -83,6 +83,6 @@ def card_from_run(run: RunRecord, name: str, export_command: str = "", has_weigh
     training.update(run.notes)
     return ModelCard(name=name, method=run.method, version=__version__, modality=run.modality,
                      preprocessing=run.preprocessing, hyperparameters=dict(run.config), training=training,
-                     map_normalisation=getattr(method_class(run.method), "map_normalisation", "none"),
+                     map_normalisation=method_class(run.method).map_normalisation,
                      licence={"weights": weights, "training_data": data_licence or "none",
                               "non_commercial": non_commercial})

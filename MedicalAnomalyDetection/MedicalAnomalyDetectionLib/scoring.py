@@ -9,9 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .serialise import DictSerialisable
+
 
 @dataclass(frozen=True)
-class PatchRanking:
+class PatchRanking(DictSerialisable):
     """How a slice's error map becomes one score.
 
     Patches of ``patch`` x ``patch`` pixels (stride ``stride``) that are at least ``min_coverage`` brain get a loss
@@ -32,18 +34,6 @@ class PatchRanking:
     min_coverage: float = 0.5
     diffuse_normalisation: bool = False
     floor: float = 1e-3
-
-    def to_dict(self) -> dict:
-        return {"patch": self.patch, "stride": self.stride, "weights": list(self.weights),
-                "rest_weight": self.rest_weight, "ranking": self.ranking,
-                "min_coverage": self.min_coverage, "diffuse_normalisation": self.diffuse_normalisation,
-                "floor": self.floor}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PatchRanking":
-        data = dict(data)
-        data["weights"] = tuple(data.get("weights", (1.1,)))
-        return cls(**data)
 
 
 def patch_losses(error: torch.Tensor, mask: torch.Tensor, patch: int, stride: int,

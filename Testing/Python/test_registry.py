@@ -4,6 +4,7 @@ other file knowing about it."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,10 +17,11 @@ from torch import nn
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect
-from MedicalAnomalyDetectionLib.methods import (SliceResult, applicable_ablations, build_method, method_class,
-                                               method_names, register, with_overrides)
+from MedicalAnomalyDetectionLib.methods import (AnomalyMethod, SliceResult, applicable_ablations, build_method,
+                                               method_class, method_names, register, with_overrides)
 from MedicalAnomalyDetectionLib.methods.common import load_module
 from MedicalAnomalyDetectionLib.run_record import RunRecord
+from MedicalAnomalyDetectionLib.serialise import DictSerialisable
 from training.cli import main
 from training.loop import CHECKPOINT, save_checkpoint
 from training.recipes import Recipe, recipe, recipe_names
@@ -29,18 +31,26 @@ from training.slice_set import SliceSet
 from conftest import head_array, make_image
 
 
+@dataclass(frozen=True)
+class ToyConfig(DictSerialisable):
+    """The toy has no settings besides its learned gain."""
+
+
 @register
-class ToyBrightness:
+class ToyBrightness(AnomalyMethod):
     """Map = slice x a learned gain (one parameter); score = the map's maximum."""
 
     name: ClassVar[str] = "toy-brightness"
+    Config = ToyConfig
     weights: ClassVar[tuple[str, ...]] = ("gain",)
 
     def __init__(self, gain: nn.Module) -> None:
-        self.gain, self.device = gain, torch.device("cpu")
+        super().__init__(ToyConfig())
+        self.gain = gain
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "ToyBrightness":
+        cls.configure(bundle.card.hyperparameters)
         return cls(load_module(nn.Linear(1, 1, bias=False), bundle, "gain"))
 
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:

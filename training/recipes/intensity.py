@@ -7,9 +7,8 @@ import argparse
 from pathlib import Path
 
 from MedicalAnomalyDetectionLib.card import Preprocessing
-from MedicalAnomalyDetectionLib.methods.intensity import IntensityBaseline
+from MedicalAnomalyDetectionLib.methods.intensity import IntensityBaseline, IntensityConfig
 from MedicalAnomalyDetectionLib.run_record import RunRecord
-from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
 from ..slice_set import SliceSet
 from . import Recipe, register
@@ -35,7 +34,7 @@ class IntensityRecipe(Recipe):
         size = tuple(args.size) * 2 if len(args.size) == 1 else tuple(args.size)
         pre = Preprocessing(plane=args.plane, size=size, spacing_mm=args.spacing, normalisation="zscore",
                             clip=(-10.0, 10.0))  # z-scores: clip only absurd values
-        return RunRecord(method=cls.name, config={"sign": args.sign, "ranking": PatchRanking().to_dict()},
+        return RunRecord(method=cls.name, config=IntensityConfig(sign=args.sign).to_dict(),
                          settings={}, source={"modality": args.modality.lower(), "preprocessing": pre.to_dict()},
                          data="none (no training: robust z-score of the intensity)", seed=args.seed, device="none",
                          seconds=0.0, done=0, planned=0, command=command)

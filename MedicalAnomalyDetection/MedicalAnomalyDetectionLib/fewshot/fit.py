@@ -37,7 +37,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ from ..errors import InputError
 from ..progress import CancelCallback, ProgressCallback, check_cancel
 from ..methods.backbone import FEATURE_CHANNELS
 from ..methods.pathoscope import Adapter, Discriminator, Embedder, PathoSCOPEConfig
+from ..serialise import DictSerialisable
 from .coreset import greedy_coreset
 from .losses import focal_loss, local_distance, nearest_anchor_distance, tritanh
 from .synthesis import TextureBank, local_pathology
@@ -65,7 +66,7 @@ DEAD_CHANNEL_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
-class FewShotSettings:
+class FewShotSettings(DictSerialisable):
     """How the few-shot fit runs; stored in the model card under ``hyperparameters.fit``."""
 
     steps: int = 150
@@ -91,9 +92,6 @@ class FewShotSettings:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.pool < self.batch_size or self.pieg_steps < 1:
             raise InputError("few-shot fit needs steps, batch size and PiEG steps >= 1 and a pool of at least a batch")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -17,49 +17,43 @@ import torch
 import torch.nn.functional as F
 
 from ..bundle import Bundle
+from ..serialise import DictSerialisable
 from .autoencoder import AutoencoderConfig, ConvAutoencoder
 from .common import load_module, mean_in_mask
-from .base import SliceResult
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 from .patchgan import PatchDiscriminator
 from .runtime import autocast_for
 
 
 @dataclass(frozen=True)
-class ALOCCConfig:
+class ALOCCConfig(DictSerialisable):
     """Reconstructor (an AE config), discriminator widths and training noise; stored in the card."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("reconstructor", "disc_widths", "noise_sigma")
 
     reconstructor: AutoencoderConfig = AutoencoderConfig()
     disc_widths: tuple[int, ...] = (32, 64, 128)
     noise_sigma: float = 0.155
 
-    def to_dict(self) -> dict:
-        return {"reconstructor": self.reconstructor.to_dict(), "disc_widths": list(self.disc_widths),
-                "noise_sigma": self.noise_sigma}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ALOCCConfig":
-        return cls(reconstructor=AutoencoderConfig.from_dict(data["reconstructor"]),
-                   disc_widths=tuple(data["disc_widths"]), noise_sigma=float(data["noise_sigma"]))
-
 
 @register
-class ALOCC:
+class ALOCC(AnomalyMethod):
     """D(R(x)) scoring behind the method interface."""
 
     name: ClassVar[str] = "alocc"
+    Config = ALOCCConfig
     weights: ClassVar[tuple[str, ...]] = ("reconstructor", "discriminator")
 
     def __init__(self, config: ALOCCConfig, reconstructor: ConvAutoencoder, discriminator: PatchDiscriminator,
                  device: torch.device) -> None:
-        self.config = config
-        self.device = device
+        super().__init__(config, device)
         self.reconstructor = reconstructor.to(device).eval()
         self.discriminator = discriminator.to(device).eval()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "ALOCC":
-        config = ALOCCConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         r = config.reconstructor
         r.check_size(bundle.card.preprocessing.size)
         reconstructor = load_module(ConvAutoencoder(r.widths, r.latent_channels), bundle, "reconstructor")

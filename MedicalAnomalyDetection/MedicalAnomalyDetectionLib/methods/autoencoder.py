@@ -16,7 +16,8 @@ from torch import nn
 
 from ..bundle import Bundle
 from ..errors import InputError
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 from .common import load_module, mean_in_mask, smooth
 from .intensity import signed_residual
@@ -24,8 +25,10 @@ from .runtime import autocast_for
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(DictSerialisable):
     """Network and map settings shared by the AE and ALOCC cards."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("widths", "latent_channels", "sign", "map_smoothing")
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     latent_channels: int = 16
@@ -42,15 +45,6 @@ class AutoencoderConfig:
         if any(n % factor for n in size):
             raise InputError(f"slice size {tuple(size)} is not divisible by {factor}, which this "
                              f"{len(self.widths)}-level autoencoder needs")
-
-    def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "latent_channels": self.latent_channels, "sign": self.sign,
-                "map_smoothing": self.map_smoothing}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AutoencoderConfig":
-        return cls(widths=tuple(data["widths"]), latent_channels=int(data["latent_channels"]), sign=data["sign"],
-                   map_smoothing=int(data["map_smoothing"]))
 
 
 def _down(channels_in: int, channels_out: int) -> nn.Sequential:
@@ -82,20 +76,20 @@ class ConvAutoencoder(nn.Module):
 
 
 @register
-class Autoencoder:
+class Autoencoder(AnomalyMethod):
     """The AE baseline behind the method interface."""
 
     name: ClassVar[str] = "ae"
+    Config = AutoencoderConfig
     weights: ClassVar[tuple[str, ...]] = ("autoencoder",)
 
     def __init__(self, config: AutoencoderConfig, network: ConvAutoencoder, device: torch.device) -> None:
-        self.config = config
-        self.device = device
+        super().__init__(config, device)
         self.network = network.to(device).eval()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "Autoencoder":
-        config = AutoencoderConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         config.check_size(bundle.card.preprocessing.size)
         network = load_module(ConvAutoencoder(config.widths, config.latent_channels), bundle, "autoencoder")
         return cls(config, network, device)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 
 from ..bundle import Bundle
+from ..serialise import DictSerialisable
 
 
 @dataclass
@@ -20,25 +23,39 @@ class SliceResult:
     evidence: torch.Tensor | None = None
 
 
-class AnomalyMethod(Protocol):
-    """What every method (Patch-GAN, baselines, ...) provides to the inference path.
+class AnomalyMethod:
+    """Base class of every method plug-in (Patch-GAN, baselines, ...): all that the inference path, training and
+    the registry use of a method is declared here.
 
-    ``weights`` names the modules whose ``state_dict`` a bundle stores, as ``<module>.<parameter>`` keys: the one
-    place that says which trained modules a method needs (training checkpoints every module, export keeps these).
-    ``ablations`` maps the name of a variant (e.g. "ranking off") to card hyper-parameters it overrides, for the
-    ablation rows of ``training compare`` and ``training evaluate --ablation``. ``map_normalisation`` (optional,
-    "none" by default) is what the cards of its new bundles say about their maps (``scoring.normalise_maps``).
+    ``Config`` is the method's configuration dataclass, read from the card's hyper-parameters by :meth:`configure`
+    (defaults filled in) and written back by its ``to_dict``; two settings that give equal configurations make the same
+    method. ``weights`` names the modules whose ``state_dict`` a bundle stores, as ``<module>.<parameter>`` keys: the
+    one place that says which trained modules a method needs (training checkpoints every module, export keeps these).
+    ``ablations`` maps the name of a variant (e.g. "ranking off") to the card hyper-parameters it overrides, for the
+    ablation rows of ``training compare`` and ``training evaluate --ablation``. ``map_normalisation`` is what the
+    cards of its new bundles say about their maps (``scoring.normalise_maps``).
     """
 
     name: ClassVar[str]
-    weights: ClassVar[tuple[str, ...]]
-    ablations: ClassVar[dict[str, dict]]
+    Config: ClassVar[type[DictSerialisable]]
+    weights: ClassVar[tuple[str, ...]] = ()
+    ablations: ClassVar[Mapping[str, dict]] = MappingProxyType({})
+    map_normalisation: ClassVar[str] = "none"
+
+    def __init__(self, config: DictSerialisable, device: torch.device = torch.device("cpu")) -> None:
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def configure(cls, hyperparameters: dict) -> DictSerialisable:
+        """The configuration that card ``hyperparameters`` give (TypeError/ValueError/InputError when they cannot)."""
+        return cls.Config.from_dict(hyperparameters)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "AnomalyMethod":
         """Build the method from a verified bundle, ready to score on ``device``."""
-        ...
+        raise NotImplementedError
 
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
         """Score (B, H, W) normalised slices; ``mask`` (B, H, W, bool) is where the brain is."""
-        ...
+        raise NotImplementedError

@@ -22,7 +22,8 @@ import torch
 
 from ..bundle import Bundle
 from ..scoring import PatchRanking, slice_scores
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .common import erode, load_module, median_filter
 from .intensity import signed_residual
 from .patchgan import Reconstructor
@@ -31,8 +32,11 @@ from .runtime import autocast_for
 
 
 @dataclass(frozen=True)
-class DAEConfig:
+class DAEConfig(DictSerialisable):
     """Network, training noise and map settings; stored in the model card."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("widths", "noise_std", "noise_resolution", "sign", "median_filter",
+                                                 "erode_px", "ranking")
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     noise_std: float = 0.03
@@ -41,18 +45,6 @@ class DAEConfig:
     median_filter: int = 5
     erode_px: int = 2
     ranking: PatchRanking = PatchRanking()
-
-    def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "noise_std": self.noise_std, "noise_resolution": self.noise_resolution,
-                "sign": self.sign, "median_filter": self.median_filter, "erode_px": self.erode_px,
-                "ranking": self.ranking.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DAEConfig":
-        return cls(widths=tuple(data["widths"]), noise_std=float(data["noise_std"]),
-                   noise_resolution=int(data["noise_resolution"]), sign=data["sign"],
-                   median_filter=int(data["median_filter"]), erode_px=int(data["erode_px"]),
-                   ranking=PatchRanking.from_dict(data["ranking"]))
 
 
 def coarse_noise(x: torch.Tensor, mask: torch.Tensor, config: DAEConfig, generator: torch.Generator) -> torch.Tensor:
@@ -66,19 +58,20 @@ def coarse_noise(x: torch.Tensor, mask: torch.Tensor, config: DAEConfig, generat
 
 
 @register
-class DenoisingAutoencoder:
+class DenoisingAutoencoder(AnomalyMethod):
     """The DAE behind the method interface."""
 
     name: ClassVar[str] = "dae"
+    Config = DAEConfig
     weights: ClassVar[tuple[str, ...]] = ("denoiser",)
 
     def __init__(self, config: DAEConfig, network: Reconstructor, device: torch.device) -> None:
-        self.config, self.device = config, device
+        super().__init__(config, device)
         self.network = network.to(device).eval()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "DenoisingAutoencoder":
-        config = DAEConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         network = load_module(Reconstructor(config.widths, in_channels=1), bundle, "denoiser")
         return cls(config, network, device)
 

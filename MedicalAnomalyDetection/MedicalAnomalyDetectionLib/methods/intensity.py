@@ -7,13 +7,15 @@ positive part (``sign: "positive"``), T1 lesions dark (``"negative"``), or both 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from ..bundle import Bundle
 from ..scoring import PatchRanking, slice_scores
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 
 
@@ -26,22 +28,25 @@ def signed_residual(residual: torch.Tensor, sign: str) -> torch.Tensor:
     return residual.abs()
 
 
+@dataclass(frozen=True)
+class IntensityConfig(DictSerialisable):
+    """Which sign of the z-score is abnormal, and how slices are scored."""
+
+    sign: str = "positive"
+    ranking: PatchRanking = PatchRanking()
+
+
 @register
-class IntensityBaseline:
+class IntensityBaseline(AnomalyMethod):
     """Robust z-score of the intensity inside the brain."""
 
     name: ClassVar[str] = "intensity"
-    weights: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, sign: str, ranking: PatchRanking) -> None:
-        self.sign = sign
-        self.ranking = ranking
+    Config = IntensityConfig
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "IntensityBaseline":
-        hp = bundle.card.hyperparameters
-        return cls(sign=hp.get("sign", "positive"), ranking=PatchRanking.from_dict(hp.get("ranking", {})))
+        return cls(cls.configure(bundle.card.hyperparameters))
 
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
-        maps = signed_residual(slices.float(), self.sign) * mask
-        return SliceResult(maps=maps.cpu(), scores=slice_scores(maps, mask, self.ranking).cpu())
+        maps = signed_residual(slices.float(), self.config.sign) * mask
+        return SliceResult(maps=maps.cpu(), scores=slice_scores(maps, mask, self.config.ranking).cpu())

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..bundle import Bundle
 from ..errors import InputError
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 
 
@@ -30,7 +31,7 @@ MIN_PATCH_BRAIN = 0.5
 
 
 @dataclass(frozen=True)
-class OCSVMConfig:
+class OCSVMConfig(DictSerialisable):
     """Feature and SVM settings; stored in the model card."""
 
     slice_pool: int = 8
@@ -42,13 +43,6 @@ class OCSVMConfig:
         if self.patch % self.patch_grid or self.patch % 2:
             raise InputError(f"OCSVM patch of {self.patch} px must be even and divisible by its grid of "
                              f"{self.patch_grid} cells")
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "OCSVMConfig":
-        return cls(**data)
 
 
 def slice_features(x: torch.Tensor, config: OCSVMConfig) -> torch.Tensor:
@@ -102,19 +96,21 @@ class RBFDecision:
 
 
 @register
-class OneClassSVMMethod:
+class OneClassSVMMethod(AnomalyMethod):
     """Slice and patch one-class SVMs behind the method interface."""
 
     name: ClassVar[str] = "ocsvm"
+    Config = OCSVMConfig
     weights: ClassVar[tuple[str, ...]] = ("slice_svm", "patch_svm")
 
     def __init__(self, config: OCSVMConfig, slice_svm: RBFDecision, patch_svm: RBFDecision,
                  device: torch.device) -> None:
-        self.config, self.slice_svm, self.patch_svm, self.device = config, slice_svm, patch_svm, device
+        super().__init__(config, device)
+        self.slice_svm, self.patch_svm = slice_svm, patch_svm
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "OneClassSVMMethod":
-        config = OCSVMConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         height, width = bundle.card.preprocessing.size
         state = bundle.state_dict or {}
         features = (height // config.slice_pool) * (width // config.slice_pool)

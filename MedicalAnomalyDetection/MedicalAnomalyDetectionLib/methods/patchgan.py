@@ -47,7 +47,8 @@ from torch import nn
 from ..bundle import Bundle
 from ..errors import InputError
 from ..scoring import PatchRanking, slice_scores
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 from .common import load_module, smooth
 from .intensity import signed_residual
@@ -55,8 +56,11 @@ from .runtime import autocast_for
 
 
 @dataclass(frozen=True)
-class PatchGANConfig:
+class PatchGANConfig(DictSerialisable):
     """Hyper-parameters of the networks and of inference; stored in the model card."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("widths", "disc_widths", "hole", "inference_shifts", "sign",
+                                                 "map_smoothing", "ranking")
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     disc_widths: tuple[int, ...] = (32, 64, 128)
@@ -71,20 +75,6 @@ class PatchGANConfig:
     def __post_init__(self) -> None:
         if self.map_smoothing < 1 or self.map_smoothing % 2 == 0:
             raise ValueError(f"map smoothing must be an odd number of pixels, not {self.map_smoothing}")
-
-    def to_dict(self) -> dict:
-        return {"widths": list(self.widths), "disc_widths": list(self.disc_widths), "hole": self.hole,
-                "inference_shifts": list(self.inference_shifts), "sign": self.sign,
-                "map_smoothing": self.map_smoothing, "ranking": self.ranking.to_dict(),
-                "uncertainty": self.uncertainty, "intensity_prior": self.intensity_prior}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PatchGANConfig":
-        return cls(widths=tuple(data["widths"]), disc_widths=tuple(data["disc_widths"]), hole=int(data["hole"]),
-                   inference_shifts=tuple(data["inference_shifts"]), sign=data["sign"],
-                   map_smoothing=int(data["map_smoothing"]), ranking=PatchRanking.from_dict(data["ranking"]),
-                   uncertainty=bool(data.get("uncertainty", False)),
-                   intensity_prior=float(data.get("intensity_prior", 0.0)))
 
 
 # Where the percentile normalisation puts the brain's median intensity (card.Preprocessing: p1 -> 0, median -> 0.5).
@@ -168,25 +158,25 @@ def inference_holes(height: int, width: int, config: PatchGANConfig, device: tor
 
 
 @register
-class PatchGAN:
+class PatchGAN(AnomalyMethod):
     """The flagship method: masked reconstruction residuals scored with targeted patch ranking."""
 
     name: ClassVar[str] = "patchgan"
+    Config = PatchGANConfig
     weights: ClassVar[tuple[str, ...]] = ("reconstructor",)
     ablations: ClassVar[dict[str, dict]] = {"ranking off": {"ranking": {"ranking": False}},
                                             "top-2 ranking": {"ranking": {"weights": [1.1, 1.0], "rest_weight": 0.0}},
                                             "no intensity prior": {"intensity_prior": 0.0}}
 
     def __init__(self, config: PatchGANConfig, reconstructor: Reconstructor, device: torch.device) -> None:
-        self.config = config
-        self.device = device
+        super().__init__(config, device)
         self.reconstructor = reconstructor.to(device).eval()
         if device.type == "cpu":
             self.reconstructor = self.reconstructor.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PatchGAN":
-        config = PatchGANConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         if config.intensity_prior and bundle.card.preprocessing.normalisation != "percentile":
             raise InputError(f"model {bundle.card.name}: the intensity prior assumes the percentile normalisation "
                              f"(brain median at {BRAIN_MEDIAN}), not {bundle.card.preprocessing.normalisation!r}")

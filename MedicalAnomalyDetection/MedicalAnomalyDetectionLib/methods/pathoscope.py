@@ -25,7 +25,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -34,15 +34,16 @@ from torch import nn
 
 from ..bundle import Bundle
 from ..errors import InputError
+from ..serialise import DictSerialisable
 from .backbone import FEATURE_CHANNELS, ResNet18Trunk, aggregate
-from .base import SliceResult
+from .base import AnomalyMethod, SliceResult
 from .registry import register
 from .common import load_module
 from .runtime import autocast_for
 
 
 @dataclass(frozen=True)
-class PathoSCOPEConfig:
+class PathoSCOPEConfig(DictSerialisable):
     """Network and map settings; stored in the model card (the fit's settings sit beside them under ``fit``)."""
 
     backbone_size: int = 256
@@ -53,12 +54,7 @@ class PathoSCOPEConfig:
     map_sigma_px: float = 2.0  # Gaussian smoothing of the upsampled map, in model-grid pixels
     backbone: str = "random"  # provenance of the trunk's weights, e.g. "random (seed 0)" or a file name
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PathoSCOPEConfig":
-        return cls(**{k: v for k, v in data.items() if k != "fit"})
+    ignored_keys: ClassVar[tuple[str, ...]] = ("fit",)
 
 
 class Embedder(nn.Module):
@@ -139,10 +135,11 @@ def pathology_map(logits: torch.Tensor, size: tuple[int, int], mask: torch.Tenso
 
 
 @register
-class PathoSCOPE:
+class PathoSCOPE(AnomalyMethod):
     """The few-shot method behind the plug-in interface."""
 
     name: ClassVar[str] = "pathoscope"
+    Config = PathoSCOPEConfig
     weights: ClassVar[tuple[str, ...]] = ("embedder", "adapter", "discriminator")
     # Its sigmoid maps sit at a level that moves from volume to volume and scanner to scanner: thresholds only
     # transfer in units of the volume's own spread (docs/analysis/operating_points.md).
@@ -150,7 +147,7 @@ class PathoSCOPE:
 
     def __init__(self, config: PathoSCOPEConfig, embedder: Embedder, adapter: Adapter, discriminator: Discriminator,
                  device: torch.device) -> None:
-        self.config, self.device = config, device
+        super().__init__(config, device)
         self.embedder = embedder.to(device).eval()
         self.adapter = adapter.to(device).eval()
         self.discriminator = discriminator.to(device).eval()
@@ -159,7 +156,7 @@ class PathoSCOPE:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "PathoSCOPE":
-        config = PathoSCOPEConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         if config.backbone_size % 32:
             raise InputError(f"PathoSCOPE backbone size {config.backbone_size} is not a multiple of 32")
         return cls(config, load_module(Embedder(config), bundle, "embedder"), load_module(Adapter(), bundle, "adapter"),

@@ -4,6 +4,7 @@ every module is imported on first look-up, so adding a method means adding its f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import pkgutil
 
@@ -13,14 +14,15 @@ from ..bundle import Bundle
 from ..errors import InputError
 from .base import AnomalyMethod
 
-_METHODS: dict[str, type] = {}
+_METHODS: dict[str, type[AnomalyMethod]] = {}
 
 
 def register(cls: type) -> type:
-    """Class decorator: make ``cls`` (an :class:`AnomalyMethod`) known under ``cls.name``."""
+    """Class decorator: make ``cls`` (an :class:`AnomalyMethod` subclass) known under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):
+        raise TypeError(f"{cls!r} is not an AnomalyMethod")
     if _METHODS.get(cls.name, cls) is not cls:
         raise ValueError(f"two method classes are named {cls.name!r}")
-    cls.ablations = dict(getattr(cls, "ablations", {}))
     _METHODS[cls.name] = cls
     return cls
 
@@ -37,7 +39,7 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-def method_class(name: str) -> type:
+def method_class(name: str) -> type[AnomalyMethod]:
     """The plug-in class registered as ``name``, or an InputError listing the known ones."""
     _discover()
     if name not in _METHODS:
@@ -60,26 +62,30 @@ def build_method(bundle: Bundle, device: torch.device) -> AnomalyMethod:
 
 
 def with_overrides(bundle: Bundle, overrides: dict) -> Bundle:
-    """A copy of ``bundle`` whose card hyper-parameters are deep-merged with ``overrides`` (an ablation variant)."""
-    variant = copy.deepcopy(bundle)
-    _merge(variant.card.hyperparameters, overrides)
-    return variant
+    """``bundle`` with a copy of its card whose hyper-parameters are deep-merged with ``overrides`` (an ablation
+    variant); the weights are shared, not copied."""
+    card = copy.deepcopy(bundle.card)
+    _merge(card.hyperparameters, overrides)
+    return dataclasses.replace(bundle, card=card)
 
 
 def applicable_ablations(bundle: Bundle) -> dict[str, dict]:
     """The ablations of ``bundle``'s method that change what this model does (not, e.g., "no intensity prior" on a
     model without one, nor the patch ranking of a model whose card scores slices by peak z), by name: the rows
-    ``compare`` and ``evaluate --ablation`` may score."""
-    base = _settings(bundle)
+    ``compare`` and ``evaluate --ablation`` may score. Compared as configurations: nothing is built."""
+    method = method_class(bundle.card.method)
+    base = method.configure(bundle.card.hyperparameters)
     ranked = bundle.card.slice_score == "method"
-    return {name: change for name, change in method_class(bundle.card.method).ablations.items()
-            if (ranked or set(change) != {"ranking"}) and _settings(with_overrides(bundle, change)) != base}
+    return {name: change for name, change in method.ablations.items()
+            if (ranked or set(change) != {"ranking"})
+            and method.configure(merged(bundle.card.hyperparameters, change)) != base}
 
 
-def _settings(bundle: Bundle) -> object:
-    """What a bundle's method is set to: its built config where it has one (defaults filled in), else its card's."""
-    config = getattr(build_method(bundle, torch.device("cpu")), "config", None)
-    return config if config is not None else bundle.card.hyperparameters
+def merged(hyperparameters: dict, overrides: dict) -> dict:
+    """A deep copy of ``hyperparameters`` deep-merged with ``overrides``."""
+    result = copy.deepcopy(hyperparameters)
+    _merge(result, overrides)
+    return result
 
 
 def _merge(target: dict, overrides: dict) -> None:

@@ -44,7 +44,7 @@ What follows the paper, and what we chose where it is silent or where this machi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -55,7 +55,8 @@ from torch import nn
 from ..bundle import Bundle, load_state_file
 from ..errors import InputError
 from ..scoring import PatchRanking, slice_scores
-from .base import SliceResult
+from ..serialise import DictSerialisable
+from .base import AnomalyMethod, SliceResult
 from .common import load_module, smooth
 from .registry import register
 from .runtime import autocast_for
@@ -83,8 +84,10 @@ def tap_count(config: "SCRPSConfig") -> int:
 
 
 @dataclass(frozen=True)
-class SCRPSConfig:
+class SCRPSConfig(DictSerialisable):
     """Everything SCRPS needs besides its weights; stored in the model card."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("gan", "ranking", "encoder_widths")
 
     gan: StyleGAN2Config = field(default_factory=StyleGAN2Config)
     perceptual: str = "discriminator"  # PERCEPTUAL_KINDS
@@ -145,20 +148,8 @@ class SCRPSConfig:
         return f"{self.perceptual}|{self.init}|{self.refine_lr}|{self.lambda_mse}"
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data.update(gan=self.gan.to_dict(), ranking=self.ranking.to_dict(), encoder_widths=list(self.encoder_widths),
-                    map_layers=list(self.taps_for_map), l1=self.layer1, l2=self.layer2)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SCRPSConfig":
-        data = dict(data)
-        data["gan"] = StyleGAN2Config.from_dict(data["gan"])
-        data["ranking"] = PatchRanking.from_dict(data["ranking"])
-        data["encoder_widths"] = tuple(data["encoder_widths"])
-        if data.get("map_layers") is not None:
-            data["map_layers"] = tuple(data["map_layers"])
-        return cls(**data)
+        """The settings with the layers that default from the generator's size written out."""
+        return {**super().to_dict(), "map_layers": list(self.taps_for_map), "l1": self.layer1, "l2": self.layer2}
 
 
 # ----------------------------------------------------------------------------------------------- perceptual networks
@@ -449,10 +440,11 @@ class InversionCache:
 
 
 @register
-class SCRPS:
+class SCRPS(AnomalyMethod):
     """SCRPS behind the method interface (see the module docstring)."""
 
     name: ClassVar[str] = "scrps"
+    Config = SCRPSConfig
     weights: ClassVar[tuple[str, ...]] = ("generator", "encoder", "perceptual", "repository")
     # The paper's Fig. 3 ablations (valid for any generator with L >= 6 codes); K1 = 5 K2 when K2 varies, as in the
     # paper. Refinement steps are our own study (docs/scrps/choices.md).
@@ -465,7 +457,7 @@ class SCRPS:
 
     def __init__(self, config: SCRPSConfig, generator: Generator, encoder: LatentEncoder, features: nn.Module,
                  repository: torch.Tensor, device: torch.device) -> None:
-        self.config, self.device = config, device
+        super().__init__(config, device)
         self.G = generator.to(device).eval().requires_grad_(False)
         self.encoder = encoder.to(device).eval().requires_grad_(False)
         self.features = features.to(device).eval().requires_grad_(False)
@@ -477,7 +469,7 @@ class SCRPS:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: torch.device) -> "SCRPS":
-        config = SCRPSConfig.from_dict(bundle.card.hyperparameters)
+        config = cls.configure(bundle.card.hyperparameters)
         generator = load_module(Generator(config.gan), bundle, "generator")
         encoder = load_module(LatentEncoder(config.gan, config.encoder_widths, config.encoder_hidden), bundle,
                               "encoder")

@@ -25,18 +25,23 @@ What follows StyleGAN2 and what we chose:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..serialise import DictSerialisable
+
 ACTIVATION_GAIN = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
-class StyleGAN2Config:
+class StyleGAN2Config(DictSerialisable):
     """Shape of the networks; stored in the model card (``to_dict``/``from_dict``)."""
+
+    required_keys: ClassVar[tuple[str, ...]] = ("size",)
 
     size: tuple[int, int] = (160, 128)  # rows (H), columns (W) of the generated slice
     levels: int = 6  # resolutions from size / 2^(levels-1) up to size
@@ -67,13 +72,6 @@ class StyleGAN2Config:
     def num_ws(self) -> int:
         """Number of style inputs of the synthesis network (the paper's L)."""
         return 2 * self.levels
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "size": list(self.size)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StyleGAN2Config":
-        return cls(**{**data, "size": tuple(data["size"])})
 
 
 PAPER = StyleGAN2Config()  # 160 x 128, 12 x 512 codes
