@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedicalAnomalyDetectionLib.atomic import write_atomically, write_text_atomically
 from MedicalAnomalyDetectionLib.augmentation import augment
 from MedicalAnomalyDetectionLib.methods.backbone import ResNet18Trunk
 from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
@@ -90,10 +91,11 @@ def pretrain_backbone(data: list[SliceSet], steps: int, batch_size: int, out: Pa
             print(f"step {step + 1}/{steps}: NT-Xent {np.mean(history[-25:]):.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().contiguous() for k, v in trunk.state_dict().items()}, out)
+    state = {k: v.detach().contiguous() for k, v in trunk.state_dict().items()}
+    write_atomically(out, lambda file: torch.save(state, file))
     record = {"data": [f"{d.source['dataset']} {d.source['split']} ({len(d.slices)} healthy slices)" for d in data],
               "steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": learning_rate,
               "seconds": round(time.perf_counter() - started, 1), "final_loss": round(float(np.mean(history[-25:])), 4),
               "method": "SimCLR (NT-Xent, temperature 0.2), brain-pooled layer3 + 2-layer projection head"}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     return record

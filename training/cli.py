@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument
 from MedicalAnomalyDetectionLib.operating_point import PER_SCAN_MEANING
 from MedicalAnomalyDetectionLib.scoring import PIXEL_FPR, SLICE_FPR, SLICE_SCORES
 
@@ -288,7 +289,7 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
         p.add_argument("--dataset", type=Path, required=True, nargs="+" if name == "calibrate" else None,
                        help="dataset folder" + ("s (each weighs the same)" if name == "calibrate" else ""))
         p.add_argument("--split", default="val" if name == "calibrate" else "test")
-        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        add_device_argument(p)
         _add_masking(p)
         p.set_defaults(func=func)
         if name == "calibrate":
@@ -310,7 +311,7 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time a bundle on a 240x240x155 volume")
     p.add_argument("--model", required=True)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--update-card", action="store_true")
     p.add_argument("--record", type=Path, help="store this saved bench JSON in the card instead of measuring")
@@ -332,7 +333,7 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, required=True, help="folder holding the datasets")
     p.add_argument("--datasets", nargs="+", default=["lgg_flair", "brats2013", "mslub"])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(p)
     p.add_argument("--update-cards", action="store_true", help="store each model's metrics in its card")
     p.add_argument("--reports", type=Path, help="also write each model's per-case report under this folder")
     p.set_defaults(func=cmd_compare)

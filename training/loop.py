@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from MedicalAnomalyDetectionLib.atomic import write_atomically
 from MedicalAnomalyDetectionLib.augmentation import augment
 from MedicalAnomalyDetectionLib.distributed import (World, average_gradients, broadcast, broadcast_tensors, gather,
                                                     launched_world, process_group)
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.runtime import choose_device
+from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, choose_device
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
 from .slice_set import SliceSet
@@ -52,7 +51,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser, epochs: int = 100, learn
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=learning_rate, help="initial learning rate (cosine decay)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     parser.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
     parser.add_argument("--checkpoint-every", type=int, default=FitSettings.checkpoint_every, metavar="EPOCHS",
@@ -85,20 +84,9 @@ def adam(module: nn.Module, settings: FitSettings) -> torch.optim.Adam:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` into a temporary file in the same folder, flushed to disk, then renamed over ``path``: a killed
-    run or a full disk never leaves a truncated checkpoint (the temporary file is removed on failure)."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """``torch.save`` ``state`` to ``path`` atomically (``atomic.write_atomically``): a killed run or a full disk
+    never leaves a truncated checkpoint."""
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def _identity(trainee: Trainee, settings: FitSettings, data: SliceSet, world: World) -> str:

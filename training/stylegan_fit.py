@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
+from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, autocast_for, choose_device
 from MedicalAnomalyDetectionLib.methods.stylegan2 import CONFIGS, Discriminator, Generator, StyleGAN2Config
 from MedicalAnomalyDetectionLib.serialise import DictSerialisable
 
-from .loop import save_checkpoint as write_atomically
+from . import loop
 from .slice_set import SliceSet
 
 CHECKPOINT = "checkpoint.pt"
@@ -208,8 +208,8 @@ def _identity(config: StyleGAN2Config, settings: GANSettings) -> dict:
 
 
 def save_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Write the trainer's state to ``path`` atomically (``training.loop.save_checkpoint``)."""
-    write_atomically({**_identity(trainer.config, trainer.settings),
+    """Write the trainer's state to ``path`` atomically (``loop.save_checkpoint``)."""
+    loop.save_checkpoint({**_identity(trainer.config, trainer.settings),
                       "G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "G_ema": trainer.G_ema.state_dict(),
                       "opt_G": trainer.opt_G.state_dict(), "opt_D": trainer.opt_D.state_dict(),
                       "generator": trainer.generator.get_state(), "iteration": trainer.iteration,
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--r1-gamma", type=float, default=None)
     parser.add_argument("--precision", choices=("auto", "fp32"), default="auto")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--checkpoint-every", type=int, default=500, help="iterations")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -324,18 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = SliceSet.load(args.data)
         config = CONFIGS[args.config]
+        device = str(choose_device(args.device))
         settings = GANSettings(batch_size=args.batch_size, r1_gamma=args.r1_gamma, seed=args.seed,
                                precision=args.precision)
         checkpoint = args.run_dir / CHECKPOINT
         if args.resume and checkpoint.exists():
-            trainer = load_checkpoint(checkpoint, args.device, settings)
+            trainer = load_checkpoint(checkpoint, device, settings)
             if trainer.config != config:
                 raise InputError(f"--resume: {checkpoint} holds another network than --config {args.config}")
             print(f"resuming {args.run_dir} at iteration {trainer.iteration}", file=sys.stderr)
         else:
             if checkpoint.exists():
                 raise InputError(f"{checkpoint} exists: pass --resume, or choose a new --run-dir")
-            trainer = make_trainer(config, settings, args.device)
+            trainer = make_trainer(config, settings, device)
         if trainer.iteration >= iterations:
             raise InputError(f"{args.run_dir} is already at iteration {trainer.iteration} >= {iterations}")
         fit(trainer, data, args.run_dir, iterations, args.checkpoint_every,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_atomically, write_text_atomically
 from .card import ModelCard
 from .errors import InputError
 from .progress import ProgressCallback
@@ -96,17 +97,16 @@ def save_bundle(folder: Path, card: ModelCard, state_dict: dict[str, torch.Tenso
     folder.mkdir(parents=True, exist_ok=True)
     if state_dict is not None:
         weights = folder / WEIGHTS_FILE
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, weights)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        write_atomically(weights, lambda file: torch.save(tensors, file))
         card.sha256 = sha256_of(weights)
     write_card(folder, card)
     return folder
 
 
 def write_card(folder: Path, card: ModelCard) -> None:
-    """Write card.json through a temporary file, so that an interrupted write never leaves a broken card."""
-    temporary = Path(folder) / (CARD_FILE + ".tmp")
-    temporary.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    os.replace(temporary, Path(folder) / CARD_FILE)
+    """Write card.json atomically, so that an interrupted write never leaves a broken card."""
+    write_text_atomically(Path(folder) / CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n")
 
 
 def read_card(folder: Path) -> ModelCard:

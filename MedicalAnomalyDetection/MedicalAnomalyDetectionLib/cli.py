@@ -18,6 +18,7 @@ from .brain_extraction import MASKING_MODES
 from .bundle import bundle_folder, load_bundle
 from .errors import InputError
 from .inference import detect
+from .methods.runtime import add_device_argument
 from .modality import modality_warning
 from .operating_point import MODES, PER_SCAN
 from .outputs import OutputPaths, detection_report, write_detection
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--brain-mask", default="auto", metavar="auto|none|FILE",
                         help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
                              "extraction; none: the foreground mask; FILE: a brain mask on the input's grid")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser)
     parser.add_argument("--threshold", type=float, help="pixel threshold (default: from --operating-point)")
     parser.add_argument("--operating-point", choices=MODES, default=PER_SCAN,
                         help="per-scan (default): the threshold comes from the volume's own map, as the model card "

@@ -59,6 +59,12 @@ def foreground_mask(image: sitk.Image) -> sitk.Image:
     return filled
 
 
+def robust_sd(values: np.ndarray, median: float) -> float:
+    """The standard deviation a normal distribution with the median absolute deviation of ``values`` around
+    ``median`` has: 1.4826 MAD."""
+    return 1.4826 * float(np.median(np.abs(values - median)))
+
+
 def normalise_intensities(values_in_mask: np.ndarray, method: str) -> tuple[float, float]:
     """Return (offset, scale) so that ``(v - offset) / scale`` is the card's normalisation of a volume's voxels v."""
     if method == "percentile":
@@ -66,7 +72,7 @@ def normalise_intensities(values_in_mask: np.ndarray, method: str) -> tuple[floa
         offset, scale = float(low), float(2.0 * (mid - low))
     else:
         median = float(np.median(values_in_mask))
-        offset, scale = median, float(1.4826 * np.median(np.abs(values_in_mask - median)))
+        offset, scale = median, robust_sd(values_in_mask, median)
     if not np.isfinite(scale) or scale <= 1e-12 * max(1.0, abs(offset)):
         raise InputError("intensities inside the brain/foreground mask have no spread; cannot normalise")
     return offset, scale

@@ -5,11 +5,11 @@ few-shot tables) records its run here, so every card is assembled the same way."
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .atomic import write_text_atomically
 from .card import ModelCard, Preprocessing
 from .errors import InputError
 from .methods import method_class
@@ -45,13 +45,10 @@ class RunRecord:
         return Preprocessing.from_dict(self.source["preprocessing"])
 
     def save(self, run_dir: Path) -> Path:
-        """Write ``run.json`` into ``run_dir`` through a temporary file (never half-written)."""
+        """Write ``run.json`` into ``run_dir`` (atomically: never half-written)."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        temporary = run_dir / (RUN_FILE + ".tmp")
-        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(temporary, run_dir / RUN_FILE)
-        return run_dir / RUN_FILE
+        return write_text_atomically(run_dir / RUN_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunRecord":

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .preprocessing import robust_sd
+
 from .serialise import DictSerialisable
 
 
@@ -95,7 +97,7 @@ def peak_z_scores(evidence: np.ndarray, mask: np.ndarray, eligible: np.ndarray) 
     if positive.size == 0:
         return np.zeros(len(evidence), dtype=np.float32)
     median = float(np.median(positive))
-    spread = max(1.4826 * float(np.median(np.abs(positive - median))), 1e-6)
+    spread = max(robust_sd(positive, median), 1e-6)
     tensor_mask = torch.from_numpy(mask).float()
     smoothed = F.avg_pool2d(torch.from_numpy(evidence).float().unsqueeze(1), PEAK_BOX, stride=1,
                             padding=PEAK_BOX // 2, count_include_pad=False).squeeze(1) * tensor_mask
@@ -123,5 +125,4 @@ def normalise_maps(maps: np.ndarray, region: np.ndarray, kind: str, brain: np.nd
     if kind == "none" or values.size == 0:
         return maps
     median = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - median)))
-    return ((maps - median) / max(spread, 1e-6) * brain).astype(np.float32)
+    return ((maps - median) / max(robust_sd(values, median), 1e-6) * brain).astype(np.float32)

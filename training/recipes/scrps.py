@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.runtime import autocast_for, choose_device
+from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, autocast_for, choose_device
 from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, EncoderFeatures, LatentEncoder,
                                                       SCRPSConfig, invert, inversion_loss, load_vgg16_state,
                                                       perceptual_network)
@@ -323,7 +323,7 @@ class SCRPSRecipe(Recipe):
         parser.add_argument("--diffuse-normalisation", action="store_true",
                             help="slice score = patch ranking of the map divided by the slice's diffuse (median "
                                  "patch) error")
-        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        add_device_argument(parser)
         parser.add_argument("--threads", type=int, help="torch CPU threads")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

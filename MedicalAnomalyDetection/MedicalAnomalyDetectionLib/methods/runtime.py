@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 
@@ -12,9 +13,18 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """The ``--device`` option of every command line; :func:`choose_device` decodes it."""
+    parser.add_argument("--device", default=default, choices=DEVICE_CHOICES,
+                        help=f"auto: CUDA when usable, else the CPU (default: {default})")
+
+
 def choose_device(requested: str = "auto") -> torch.device:
     """``auto`` takes CUDA when usable, else the CPU (and says so); ``cuda`` without a GPU is an error."""
-    if requested not in ("auto", "cpu", "cuda"):
+    if requested not in DEVICE_CHOICES:
         raise InputError(f"device must be auto, cpu or cuda, not {requested!r}")
     if requested == "cpu":
         return torch.device("cpu")
