@@ -20,7 +20,7 @@ from torch import nn
 
 from MedicalAnomalyDetectionLib.atomic import write_atomically, write_text_atomically
 from MedicalAnomalyDetectionLib.augmentation import augment
-from MedicalAnomalyDetectionLib.methods.backbone import ResNet18Trunk
+from MedicalAnomalyDetectionLib.networks.resnet18 import ResNet18Trunk
 from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPEConfig
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, autocast_for, choose_device
-from MedicalAnomalyDetectionLib.methods.stylegan2 import CONFIGS, Discriminator, Generator, StyleGAN2Config
+from MedicalAnomalyDetectionLib.networks.stylegan2 import CONFIGS, Discriminator, Generator, StyleGAN2Config
 from MedicalAnomalyDetectionLib.serialise import DictSerialisable
 
 from . import loop

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import CARD_FILE, WEIGHTS_FILE, sha256_of
-from MedicalAnomalyDetectionLib.methods.autoencoder import AutoencoderConfig
+from MedicalAnomalyDetectionLib.networks.autoencoder import AutoencoderConfig
 
 from conftest import head_array, make_image
 

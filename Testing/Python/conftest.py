@@ -15,7 +15,8 @@ import torch
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle, save_bundle
 from MedicalAnomalyDetectionLib.card import ModelCard, Preprocessing
-from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig, Reconstructor
+from MedicalAnomalyDetectionLib.methods.patchgan import PatchGANConfig
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
 TINY_PRE = Preprocessing(plane="axial", size=(32, 32), spacing_mm=4.0, normalisation="percentile")

@@ -9,7 +9,7 @@ from MedicalAnomalyDetectionLib.bundle import CARD_FILE, WEIGHTS_FILE, load_bund
 from MedicalAnomalyDetectionLib.card import ModelCard
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods import build_method
-from MedicalAnomalyDetectionLib.methods.patchgan import Reconstructor
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 
 from conftest import tiny_card
 

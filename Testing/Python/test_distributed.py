@@ -15,14 +15,15 @@ import torch
 from MedicalAnomalyDetectionLib import cli as detect_cli
 from MedicalAnomalyDetectionLib.bundle import save_bundle
 from MedicalAnomalyDetectionLib.distributed import World
-from MedicalAnomalyDetectionLib.methods.autoencoder import ConvAutoencoder
-from MedicalAnomalyDetectionLib.methods.patchgan import Reconstructor
+from MedicalAnomalyDetectionLib.networks.autoencoder import ConvAutoencoder
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from training import cli as training_cli
 from training.slice_set import SliceSet
 
 from conftest import TINY_CONFIG, head_array, make_image, tiny_card
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+REPO = Path(__file__).resolve().parents[2]  # where `training` is found (it is not installed)
 
 
 def _weights(run: Path, module: str) -> dict:
@@ -45,7 +46,7 @@ def work(tmp_path_factory):
         sitk.WriteImage(make_image(head_array(seed=seed)), str(work / "volumes" / f"case{seed}.nii.gz"))
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                 str(WORKER), str(work), str(work / "bundle")], capture_output=True, text=True,
-                               timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert completed.returncode == 0, completed.stderr[-3000:]
     return work
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from MedicalAnomalyDetectionLib.methods.patchgan import (PatchDiscriminator, PatchGAN, checkerboard_holes,
-                                                         inference_holes)
+from MedicalAnomalyDetectionLib.methods.patchgan import PatchGAN, checkerboard_holes, inference_holes
+from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
 
 from conftest import TINY_CONFIG
 

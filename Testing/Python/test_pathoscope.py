@@ -29,7 +29,7 @@ from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.progress import Cancelled
 from MedicalAnomalyDetectionLib.methods import build_method
-from MedicalAnomalyDetectionLib.methods.backbone import ResNet18Trunk, load_resnet18_state
+from MedicalAnomalyDetectionLib.networks.resnet18 import ResNet18Trunk, load_resnet18_state
 from MedicalAnomalyDetectionLib.methods.pathoscope import Discriminator, PathoSCOPEConfig
 
 TINY_SETTINGS = FewShotSettings(steps=3, batch_size=4, pool=8, pieg_steps=2, locations=8, max_anchors=64)

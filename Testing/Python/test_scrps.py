@@ -20,7 +20,7 @@ from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_
 from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, InversionCache, SCRPSConfig,
                                                       VGG16Features, invert, inversion_loss, load_vgg16_state,
                                                       perceptual_map, retrieve, scaled_layers, swap)
-from MedicalAnomalyDetectionLib.methods.stylegan2 import REDUCED, TINY, Generator
+from MedicalAnomalyDetectionLib.networks.stylegan2 import REDUCED, TINY, Generator
 from training.cli import main
 
 from conftest import head_array, make_image

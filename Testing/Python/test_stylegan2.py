@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.stylegan2 import (CONFIGS, PAPER, REDUCED, TINY, Discriminator,
+from MedicalAnomalyDetectionLib.networks.stylegan2 import (CONFIGS, PAPER, REDUCED, TINY, Discriminator,
                                                           EqualLinear, Generator, ModulatedConv2d, StyleGAN2Config)
 from training import stylegan_fit
 from training.slice_set import SliceSet

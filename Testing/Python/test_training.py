@@ -8,7 +8,9 @@ import torch
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator, PatchGAN, PatchGANConfig, Reconstructor
+from MedicalAnomalyDetectionLib.methods.patchgan import PatchGAN, PatchGANConfig
+from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from training.cli import main
 from training.loop import FitSettings, train
 from training.recipes.patchgan import patchgan_trainee, training_step

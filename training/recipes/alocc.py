@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from MedicalAnomalyDetectionLib.methods.alocc import ALOCC, ALOCCConfig
-from MedicalAnomalyDetectionLib.methods.autoencoder import AutoencoderConfig, ConvAutoencoder
-from MedicalAnomalyDetectionLib.methods.patchgan import PatchDiscriminator
+from MedicalAnomalyDetectionLib.networks.autoencoder import AutoencoderConfig, ConvAutoencoder
+from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 

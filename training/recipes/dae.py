@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from MedicalAnomalyDetectionLib.methods.dae import DAEConfig, DenoisingAutoencoder, coarse_noise
-from MedicalAnomalyDetectionLib.methods.patchgan import Reconstructor
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 

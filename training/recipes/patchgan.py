@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from MedicalAnomalyDetectionLib.methods.patchgan import (LOG_VAR_RANGE, PatchDiscriminator, PatchGAN,
-                                                         PatchGANConfig, Reconstructor, checkerboard_holes)
+from MedicalAnomalyDetectionLib.methods.patchgan import LOG_VAR_RANGE, PatchGAN, PatchGANConfig, checkerboard_holes
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
+from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
+from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 from MedicalAnomalyDetectionLib.scoring import PatchRanking
 

@@ -36,7 +36,7 @@ from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, auto
 from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, EncoderFeatures, LatentEncoder,
                                                       SCRPSConfig, invert, inversion_loss, load_vgg16_state,
                                                       perceptual_network)
-from MedicalAnomalyDetectionLib.methods.stylegan2 import CONFIGS, Generator, StyleGAN2Config
+from MedicalAnomalyDetectionLib.networks.stylegan2 import CONFIGS, Generator, StyleGAN2Config
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
 from .. import stylegan_fit

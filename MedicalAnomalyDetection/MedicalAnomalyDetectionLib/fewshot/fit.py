@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from ..augmentation import augment
 from ..errors import InputError
 from ..progress import CancelCallback, ProgressCallback, check_cancel
-from ..methods.backbone import FEATURE_CHANNELS
+from ..networks.resnet18 import FEATURE_CHANNELS
 from ..methods.pathoscope import Adapter, Discriminator, Embedder, PathoSCOPEConfig
 from ..serialise import DictSerialisable
 from .coreset import greedy_coreset

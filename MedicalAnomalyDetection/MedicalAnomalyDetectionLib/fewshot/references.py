@@ -14,7 +14,7 @@ from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bu
 from ..card import Preprocessing
 from ..errors import InputError
 from ..methods import build_method
-from ..methods.backbone import load_resnet18_state
+from ..networks.resnet18 import load_resnet18_state
 from ..methods.pathoscope import PathoSCOPEConfig
 from ..pipeline import score_volume
 from ..preprocessing import PreparedVolume, prepare_volume

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ..bundle import Bundle
+from ..networks.autoencoder import AutoencoderConfig, ConvAutoencoder
+from ..networks.patch_discriminator import PatchDiscriminator
 from ..serialise import DictSerialisable
-from .autoencoder import AutoencoderConfig, ConvAutoencoder
-from .common import load_module, mean_in_mask
 from .base import AnomalyMethod, SliceResult
+from .common import load_module, mean_in_mask
 from .registry import register
-from .patchgan import PatchDiscriminator
 from .runtime import autocast_for
 
 

@@ -51,3 +51,12 @@ def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     size = 2 * pixels + 1
     kept = F.avg_pool2d(mask.float().unsqueeze(1), size, stride=1, padding=pixels, count_include_pad=True)
     return (kept.squeeze(1) > 1.0 - 1e-6).to(mask.dtype)
+
+
+def signed_residual(residual: torch.Tensor, sign: str) -> torch.Tensor:
+    """Keep the part of ``residual`` that the modality's lesions show: positive, negative or absolute."""
+    if sign == "positive":
+        return residual.clamp_min(0)
+    if sign == "negative":
+        return (-residual).clamp_min(0)
+    return residual.abs()

@@ -21,12 +21,11 @@ from typing import ClassVar
 import torch
 
 from ..bundle import Bundle
+from ..networks.unet import Reconstructor
 from ..scoring import PatchRanking, slice_scores
 from ..serialise import DictSerialisable
 from .base import AnomalyMethod, SliceResult
-from .common import erode, load_module, median_filter
-from .intensity import signed_residual
-from .patchgan import Reconstructor
+from .common import erode, load_module, median_filter, signed_residual
 from .registry import register
 from .runtime import autocast_for
 

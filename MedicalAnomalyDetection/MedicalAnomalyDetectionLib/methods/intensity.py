@@ -16,16 +16,8 @@ from ..bundle import Bundle
 from ..scoring import PatchRanking, slice_scores
 from ..serialise import DictSerialisable
 from .base import AnomalyMethod, SliceResult
+from .common import signed_residual
 from .registry import register
-
-
-def signed_residual(residual: torch.Tensor, sign: str) -> torch.Tensor:
-    """Keep the part of ``residual`` that the modality's lesions show: positive, negative or absolute."""
-    if sign == "positive":
-        return residual.clamp_min(0)
-    if sign == "negative":
-        return (-residual).clamp_min(0)
-    return residual.abs()
 
 
 @dataclass(frozen=True)

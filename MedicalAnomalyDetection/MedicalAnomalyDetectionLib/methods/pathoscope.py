@@ -35,7 +35,7 @@ from torch import nn
 from ..bundle import Bundle
 from ..errors import InputError
 from ..serialise import DictSerialisable
-from .backbone import FEATURE_CHANNELS, ResNet18Trunk, aggregate
+from ..networks.resnet18 import FEATURE_CHANNELS, ResNet18Trunk, aggregate
 from .base import AnomalyMethod, SliceResult
 from .registry import register
 from .common import load_module

@@ -60,7 +60,7 @@ from .base import AnomalyMethod, SliceResult
 from .common import load_module, smooth
 from .registry import register
 from .runtime import autocast_for
-from .stylegan2 import DiscriminatorBlock, EqualConv2d, Generator, StyleGAN2Config
+from ..networks.stylegan2 import DiscriminatorBlock, EqualConv2d, Generator, StyleGAN2Config
 
 PERCEPTUAL_KINDS = ("discriminator", "vgg16", "encoder")
 RETRIEVALS = ("coarse-to-fine", "one-stage", "none")
