@@ -15,6 +15,8 @@ from MedicalAnomalyDetectionLib.operating_point import PER_SCAN_MEANING
 from MedicalAnomalyDetectionLib.scoring import PIXEL_FPR, SLICE_FPR, SLICE_SCORES
 
 from .recipes import recipe, recipe_names
+from .recipes.base import RunOptions
+from .recipes.settings import add_settings_arguments, settings_from_args
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -52,8 +54,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if method.needs_data and args.data is None:
         raise InputError(f"fit --method {args.method} needs --data (a slice cache written by `prepare`)")
     data = SliceSet.load(args.data) if method.needs_data else None
+    settings = settings_from_args(method.Settings, args)
+    run = RunOptions(**{name: getattr(args, name) for name in method.run_options})
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    record = method.fit(args, data, args.run_dir, args.command_line)
+    record = method.fit(settings, data, args.run_dir, run, args.command_line)
     if launched_world().main:  # under torchrun, one process writes the record
         record.save(args.run_dir)
         print(f"{args.run_dir}: {record.method}, {record.done}/{record.planned} on {record.data}, {record.seconds} s")
@@ -233,9 +237,9 @@ def _add_fit_parser(sub, method: str) -> None:
     p.add_argument("--method", default="patchgan", choices=recipe_names(), help="which method to train")
     p.add_argument("--data", type=Path, help=".npz slice cache written by `prepare`")
     p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
     chosen = recipe(method)
-    chosen.add_arguments(p.add_argument_group(f"{method}: {chosen.help}"))
+    add_settings_arguments(p.add_argument_group(f"{method}: {chosen.help}"), chosen.Settings)
+    add_settings_arguments(p.add_argument_group("how the fit runs"), RunOptions, only=chosen.run_options)
     p.set_defaults(func=cmd_fit)
 
 

@@ -8,7 +8,6 @@ main process alone writes checkpoints and the run record."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -24,43 +23,27 @@ from MedicalAnomalyDetectionLib.augmentation import augment
 from MedicalAnomalyDetectionLib.distributed import (World, average_gradients, broadcast, broadcast_tensors, gather,
                                                     launched_world, process_group)
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, choose_device
+from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
+from .recipes.base import RecipeSettings, RunOptions
+from .recipes.settings import option
 from .slice_set import SliceSet
 
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass(frozen=True)
-class FitSettings:
-    """Optimisation settings; written to the run record and the model card."""
+@dataclass(frozen=True, kw_only=True)
+class FitSettings(RecipeSettings):
+    """Optimisation settings of the methods :func:`train` trains; a recipe's settings extend them with its own (its
+    network and its loss weights). Written to the run record and the model card."""
 
-    epochs: int = 100
-    batch_size: int = 32
-    learning_rate: float = 2e-4  # decayed to 0 along a cosine over the run (calms the late GAN instabilities)
-    recon_weight: float = 0.2  # weight of the L2 reconstruction term beside the adversarial one (Patch-GAN, ALOCC)
-    adv_weight: float = 0.05  # Patch-GAN: weight of R's adversarial term
-    uncertainty_weight: float = 0.1  # Patch-GAN: weight of the log-variance head's Gaussian NLL
-    seed: int = 0
-    checkpoint_every: int = 5  # epochs
-
-
-def add_loop_arguments(parser: argparse.ArgumentParser, epochs: int = 100, learning_rate: float = 2e-4) -> None:
-    """The command-line options of :func:`train` (a recipe adds them to its ``fit`` options)."""
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=learning_rate, help="initial learning rate (cosine decay)")
-    add_device_argument(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    parser.add_argument("--stop-after", type=int, help="stop after this many epochs in this session (resume later)")
-    parser.add_argument("--checkpoint-every", type=int, default=FitSettings.checkpoint_every, metavar="EPOCHS",
-                        help="write the checkpoint every this many epochs (and at the end)")
-
-
-def settings_from_args(args: argparse.Namespace) -> FitSettings:
-    return FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every)
+    epochs: int = option(100)
+    batch_size: int = option(32)
+    # decayed to 0 along a cosine over the run (calms the late GAN instabilities)
+    learning_rate: float = option(2e-4, "initial learning rate (cosine decay)", flag="--lr")
+    checkpoint_every: int = option(5, "write the checkpoint every this many epochs (and at the end)",
+                                   metavar="EPOCHS")
 
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
@@ -197,11 +180,11 @@ def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path
                      planned=settings.epochs, command=command, losses=history[-5:])
 
 
-def train_from_args(trainee_for: Callable[[FitSettings, torch.device], Trainee], args: argparse.Namespace,
-                    data: SliceSet, run_dir: Path, command: str) -> RunRecord:
-    """Build a trainee from the ``fit`` options added by :func:`add_loop_arguments` and train it."""
-    settings = settings_from_args(args)
+def train_in_world(trainee_for: Callable[[torch.device], Trainee], settings: FitSettings, data: SliceSet,
+                   run_dir: Path, run: RunOptions, command: str) -> RunRecord:
+    """Build the trainee on the device ``run`` asks for and :func:`train` it, in the process group torchrun
+    started (a world of one without torchrun)."""
     world = launched_world()
-    with process_group(world, choose_device(args.device)) as device:
-        return train(trainee_for(settings, device), data, settings, run_dir, device, resume=args.resume,
-                     stop_after=args.stop_after, command=command, world=world)
+    with process_group(world, choose_device(run.device)) as device:
+        return train(trainee_for(device), data, settings, run_dir, device, resume=run.resume,
+                     stop_after=run.stop_after, command=command, world=world)

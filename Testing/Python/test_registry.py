@@ -3,7 +3,6 @@ other file knowing about it."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +25,8 @@ from training.cli import main
 from training.loop import CHECKPOINT, save_checkpoint
 from training.recipes import Recipe, recipe, recipe_names
 from training.recipes import register as register_recipe
+from training.recipes.base import RecipeSettings, RunOptions
+from training.recipes.settings import option
 from training.slice_set import SliceSet
 
 from conftest import head_array, make_image
@@ -59,23 +60,26 @@ class ToyBrightness(AnomalyMethod):
         return SliceResult(maps=maps, scores=maps.flatten(1).max(dim=1).values)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ToySettings(RecipeSettings):
+    gain: float = option(2.0, "the gain the toy learns")
+
+
 @register_recipe
 class ToyBrightnessRecipe(Recipe):
     name = ToyBrightness.name
     help = "test method"
+    Settings = ToySettings
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--gain", type=float, default=2.0)
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
+    def fit(cls, settings: ToySettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
         gain = nn.Linear(1, 1, bias=False)
-        nn.init.constant_(gain.weight, args.gain)
+        nn.init.constant_(gain.weight, settings.gain)
         save_checkpoint({"modules": {"gain": gain.state_dict(), "scratch": {"x": torch.zeros(1)}}},
                         run_dir / CHECKPOINT)
-        return RunRecord(method=cls.name, config={}, settings={"gain": args.gain}, source=data.source,
-                         data=data.describe(), seed=args.seed, device="cpu", seconds=0.0, done=1, planned=1,
+        return RunRecord(method=cls.name, config={}, settings=settings.to_dict(), source=data.source,
+                         data=data.describe(), seed=settings.seed, device="cpu", seconds=0.0, done=1, planned=1,
                          command=command)
 
 
@@ -110,7 +114,7 @@ def test_a_registered_method_goes_from_fit_to_detect(toy_dataset, tmp_path):
     assert main(["fit", "--method", "toy-brightness", "--data", str(cache), "--run-dir", str(run),
                  "--gain", "3"]) == 0
     record = RunRecord.load(run)
-    assert record.settings == {"gain": 3.0} and "--gain 3" in record.command
+    assert record.settings == {"seed": 0, "gain": 3.0} and "--gain 3" in record.command
     assert main(["export", "--run", str(run), "--name", "toy", "--out", str(bundle_dir)]) == 0
     bundle = load_bundle(bundle_dir)
     assert set(bundle.state_dict) == {"gain.weight"}  # only the modules the method names, not "scratch"
@@ -159,3 +163,27 @@ def test_maps_of_the_toy_method_are_finite(tmp_path):
     scores = score_volume(ToyBrightness(gain), prepared, batch_size=5)
     assert np.isfinite(scores.maps).all() and (scores.maps[~prepared.mask] == 0).all()
     assert scores.volume_score == pytest.approx(float(scores.slice_scores[scores.eligible].max()))
+
+
+@pytest.mark.parametrize("name", [n for n in recipe_names() if n != "intensity"])
+def test_the_command_line_of_a_fit_has_the_defaults_of_its_settings(name, tmp_path):
+    """Each default lives in the recipe's settings dataclass; the generated command line must give the same."""
+    from training.cli import _chosen_method, build_parser
+    from training.recipes.settings import settings_from_args
+
+    argv = ["fit", "--method", name, "--run-dir", str(tmp_path)]
+    args = build_parser(_chosen_method(argv)).parse_args(argv)
+    assert settings_from_args(recipe(name).Settings, args) == recipe(name).Settings()
+
+
+def test_a_fit_is_called_from_python_with_typed_settings(toy_dataset, tmp_path):
+    from training.recipes.patchgan import PatchGANSettings
+
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(tmp_path / "c.npz"),
+                 "--size", "32", "--spacing", "4"]) == 0
+    settings = PatchGANSettings(epochs=1, batch_size=4, widths=(4, 8), hole=8, recon_weight=0.5)
+    record = recipe("patchgan").fit(settings, SliceSet.load(tmp_path / "c.npz"), tmp_path / "run")
+    assert record.done == 1 and record.settings["recon_weight"] == 0.5 and record.config["widths"] == [4, 8]
+    assert (tmp_path / "run" / CHECKPOINT).is_file()
+    with pytest.raises(TypeError):
+        PatchGANSettings(epochs=1, width=(4, 8))  # a misspelt setting is refused, not ignored

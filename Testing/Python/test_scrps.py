@@ -17,9 +17,9 @@ from MedicalAnomalyDetectionLib.cli import main as detect_main
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.methods import build_method, method_class, with_overrides
-from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, InversionCache, SCRPSConfig,
-                                                      VGG16Features, invert, inversion_loss, load_vgg16_state,
-                                                      perceptual_map, retrieve, scaled_layers, swap)
+from MedicalAnomalyDetectionLib.methods.scrps import SCRPS, InversionCache, SCRPSConfig, scaled_layers
+from MedicalAnomalyDetectionLib.methods.scrps.inversion import invert, inversion_loss, perceptual_map, retrieve, swap
+from MedicalAnomalyDetectionLib.networks.perceptual import DiscriminatorFeatures, VGG16Features, load_vgg16_state
 from MedicalAnomalyDetectionLib.networks.stylegan2 import REDUCED, TINY, Generator
 from training.cli import main
 

@@ -12,8 +12,8 @@ from MedicalAnomalyDetectionLib.methods.patchgan import PatchGAN, PatchGANConfig
 from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
 from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from training.cli import main
-from training.loop import FitSettings, train
-from training.recipes.patchgan import patchgan_trainee, training_step
+from training.loop import train
+from training.recipes.patchgan import PatchGANSettings, patchgan_trainee, training_step
 from training.slice_set import SliceSet
 
 TINY = ["--size", "32", "--spacing", "4"]
@@ -68,7 +68,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     data = SliceSet(slices=rng.random((16, 32, 32)).astype(np.float16), masks=np.ones((16, 32, 32), bool),
                     case_ids=["a"] * 16, source={})
     config = PatchGANConfig(widths=(4, 8), disc_widths=(8,), hole=8)
-    settings = FitSettings(epochs=2, batch_size=8, checkpoint_every=1)
+    settings = PatchGANSettings(epochs=2, batch_size=8, checkpoint_every=1)
     fit_patchgan(data, config, settings, tmp_path / "straight", torch.device("cpu"))
     fit_patchgan(data, config, settings, tmp_path / "split", torch.device("cpu"), stop_after=1)
     fit_patchgan(data, config, settings, tmp_path / "split", torch.device("cpu"), resume=True)
@@ -85,7 +85,7 @@ def test_training_reduces_the_inpainting_loss(tmp_path):
     data = SliceSet(slices=smooth.astype(np.float16), masks=np.ones((32, 32, 32), bool), case_ids=["a"] * 32,
                     source={})
     record = fit_patchgan(data, PatchGANConfig(widths=(8, 16), disc_widths=(8,), hole=8),
-                          FitSettings(epochs=30, batch_size=8, learning_rate=2e-3, checkpoint_every=30),
+                          PatchGANSettings(epochs=30, batch_size=8, learning_rate=2e-3, checkpoint_every=30),
                           tmp_path / "run", torch.device("cpu"))
     predicting_zero = float((data.slices.astype(np.float32) ** 2).mean())  # an untrained network's ballpark
     assert record.losses[-1]["epoch"] == 30 and record.done == 30
@@ -105,7 +105,7 @@ def test_uncertainty_head_learns_where_inpainting_is_hard():
     discriminator = PatchDiscriminator(config.disc_widths)
     opt_r = torch.optim.Adam(reconstructor.parameters(), lr=3e-3)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
-    settings = FitSettings(uncertainty_weight=1.0)
+    settings = PatchGANSettings(uncertainty_weight=1.0)
     for _ in range(400):
         losses = training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
     assert np.isfinite(losses["loss_nll"])
@@ -117,13 +117,13 @@ def test_resume_refuses_other_settings_and_tiny_data(tmp_path):
     data = SliceSet(slices=np.random.default_rng(0).random((16, 32, 32)).astype(np.float16),
                     masks=np.ones((16, 32, 32), bool), case_ids=["a"] * 16, source={})
     config = PatchGANConfig(widths=(4, 8), disc_widths=(8,), hole=8)
-    fit_patchgan(data, config, FitSettings(epochs=2, batch_size=8), tmp_path / "run", torch.device("cpu"),
+    fit_patchgan(data, config, PatchGANSettings(epochs=2, batch_size=8), tmp_path / "run", torch.device("cpu"),
                  stop_after=1)
     with pytest.raises(InputError, match="other settings"):
-        fit_patchgan(data, config, FitSettings(epochs=3, batch_size=8), tmp_path / "run", torch.device("cpu"),
+        fit_patchgan(data, config, PatchGANSettings(epochs=3, batch_size=8), tmp_path / "run", torch.device("cpu"),
                      resume=True)
     with pytest.raises(InputError, match="fewer than one batch"):
-        fit_patchgan(data, config, FitSettings(batch_size=32), tmp_path / "other", torch.device("cpu"))
+        fit_patchgan(data, config, PatchGANSettings(batch_size=32), tmp_path / "other", torch.device("cpu"))
 
 
 def test_configure_changes_inference_settings_and_records_them(tiny_bundle_dir, tmp_path):

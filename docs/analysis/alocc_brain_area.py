@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
+
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.pipeline import score_volume

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
+
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.fewshot.references import LESION_WARNING_ML, largest_flagged_region_ml
 from MedicalAnomalyDetectionLib.methods import build_method

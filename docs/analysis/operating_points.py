@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
+
 from MedicalAnomalyDetectionLib.bundle import load_bundle
 from MedicalAnomalyDetectionLib.methods import build_method
 from training.datasets import load_cases

@@ -9,6 +9,9 @@ table (slice AUROC, voxel AUROC on the input grid inside the brain, AU-PRO, ⌈D
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
+
 from MedicalAnomalyDetectionLib.fewshot import fit as fit_module
 from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
 from MedicalAnomalyDetectionLib.methods import build_method

@@ -18,6 +18,7 @@ defaults to every bundled T1 model).
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
 
 from MedicalAnomalyDetectionLib.bundle import list_bundled_models, load_bundle
 from MedicalAnomalyDetectionLib.inference import detect, label_from_map

@@ -21,6 +21,7 @@ model; the five others add about 40 min with an empty cache, most of it the four
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
 
 from MedicalAnomalyDetectionLib.bundle import list_bundled_models, load_bundle
 from MedicalAnomalyDetectionLib.inference import detect

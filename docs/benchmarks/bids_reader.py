@@ -17,6 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
+sys.path.insert(0, str(ROOT))
+
 from MedicalAnomalyDetectionLib.bids import find_images
 from training.bench import machine
 

@@ -41,8 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "MedicalAnomalyDetection")]
 from MedicalAnomalyDetectionLib.bundle import load_bundle  # noqa: E402
 from MedicalAnomalyDetectionLib.methods import build_method  # noqa: E402
 from MedicalAnomalyDetectionLib.methods.common import smooth  # noqa: E402
-from MedicalAnomalyDetectionLib.methods.scrps import (EncoderFeatures, InversionCache, VGG16Features,  # noqa: E402
-                                                      SCRPSConfig)
+from MedicalAnomalyDetectionLib.methods.scrps import InversionCache, SCRPSConfig  # noqa: E402
+from MedicalAnomalyDetectionLib.networks.perceptual import EncoderFeatures, VGG16Features  # noqa: E402
 from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, slice_scores  # noqa: E402
 from training.metrics import auroc_ap, best_dice  # noqa: E402
 from training.slice_set import SliceSet  # noqa: E402

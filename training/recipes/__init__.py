@@ -1,7 +1,8 @@
-"""Training recipes, one module per method: its ``fit`` options, its fit (data -> checkpoint + run record) and, for
-few-shot methods, its in-memory fit for the few-shot tables. Each module registers its recipe with
-:func:`register`; every module of this package is imported on first look-up, so adding a method means adding its
-method file in the core and its recipe file here, nothing else."""
+"""Training recipes, one module per method: its settings dataclass (every option of its fit, each default written
+once; the ``fit`` command line is generated from it), its fit (settings + data -> checkpoint + run record, callable
+from Python) and, for few-shot methods, its in-memory fit for the few-shot tables. Each module registers its recipe
+with :func:`register`; every module of this package is imported on first look-up, so adding a method means adding
+its method file in the core and its recipe file here, nothing else."""
 
 from __future__ import annotations
 

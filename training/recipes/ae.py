@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,10 +12,19 @@ from MedicalAnomalyDetectionLib.methods.autoencoder import Autoencoder, Autoenco
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
+from ..loop import FitSettings, Trainee, adam, train_in_world
 from ..slice_set import SliceSet
 from . import Recipe, register
-from .base import add_sign_argument
+from .base import LOOP_RUN_OPTIONS, RunOptions
+from .settings import option, sign_option
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderSettings(FitSettings):
+    """The AE's fit: its network (the card's hyper-parameters)."""
+
+    widths: tuple[int, ...] = option(AutoencoderConfig.widths, "encoder widths")
+    sign: str = sign_option(AutoencoderConfig.sign)
 
 
 def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device: torch.device,
@@ -39,24 +48,16 @@ def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device
                    optimisers={"autoencoder": optimiser}, step=step)
 
 
-def add_autoencoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the autoencoder network (shared with ALOCC's reconstructor)."""
-    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="encoder widths")
-    add_sign_argument(parser)
-
-
 @register
 class AutoencoderRecipe(Recipe):
     name = Autoencoder.name
     help = "convolutional autoencoder baseline (L2)"
+    Settings = AutoencoderSettings
+    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_loop_arguments(parser)
-        add_autoencoder_arguments(parser)
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = AutoencoderConfig(widths=tuple(args.widths), sign=args.sign)
-        return train_from_args(lambda s, d: autoencoder_trainee(config, s, d, data.slices.shape[1:]), args, data,
-                               run_dir, command)
+    def fit(cls, settings: AutoencoderSettings, data: SliceSet | None, run_dir: Path,
+            run: RunOptions = RunOptions(), command: str = "") -> RunRecord:
+        config = AutoencoderConfig(widths=settings.widths, sign=settings.sign)
+        return train_in_world(lambda device: autoencoder_trainee(config, settings, device, data.slices.shape[1:]),
+                              settings, data, run_dir, run, command)

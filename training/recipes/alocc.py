@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,13 +14,23 @@ from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscrim
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
+from ..loop import FitSettings, Trainee, adam, train_in_world
 from ..slice_set import SliceSet
 from . import Recipe, register
-from .ae import add_autoencoder_arguments
+from .base import LOOP_RUN_OPTIONS, RunOptions
+from .settings import option, sign_option
 
 
-def alocc_trainee(config: ALOCCConfig, settings: FitSettings, device: torch.device,
+@dataclass(frozen=True, kw_only=True)
+class ALOCCSettings(FitSettings):
+    """ALOCC's fit: its reconstructor (an autoencoder) and the weight of R's L2 term."""
+
+    widths: tuple[int, ...] = option(AutoencoderConfig.widths, "encoder widths of the reconstructor")
+    sign: str = sign_option(AutoencoderConfig.sign)
+    recon_weight: float = option(0.2, "weight of R's L2 reconstruction term beside its adversarial one")
+
+
+def alocc_trainee(config: ALOCCConfig, settings: ALOCCSettings, device: torch.device,
                   size: tuple[int, int]) -> Trainee:
     """ALOCC: D tells x from R(x + noise); R denoises, fools D, and keeps settings.recon_weight * L2."""
     config.reconstructor.check_size(size)
@@ -59,14 +69,12 @@ def alocc_trainee(config: ALOCCConfig, settings: FitSettings, device: torch.devi
 class ALOCCRecipe(Recipe):
     name = ALOCC.name
     help = "ALOCC baseline (denoising reconstructor + discriminator)"
+    Settings = ALOCCSettings
+    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_loop_arguments(parser)
-        add_autoencoder_arguments(parser)
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = ALOCCConfig(reconstructor=AutoencoderConfig(widths=tuple(args.widths), sign=args.sign))
-        return train_from_args(lambda s, d: alocc_trainee(config, s, d, data.slices.shape[1:]), args, data,
-                               run_dir, command)
+    def fit(cls, settings: ALOCCSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        config = ALOCCConfig(reconstructor=AutoencoderConfig(widths=settings.widths, sign=settings.sign))
+        return train_in_world(lambda device: alocc_trainee(config, settings, device, data.slices.shape[1:]),
+                              settings, data, run_dir, run, command)

@@ -1,38 +1,60 @@
-"""What a training recipe provides (see the package docstring)."""
+"""What a training recipe provides (see the package docstring): its settings dataclass and its fit."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from MedicalAnomalyDetectionLib.bundle import Bundle
+from MedicalAnomalyDetectionLib.methods.runtime import DEVICE_CHOICES
 from MedicalAnomalyDetectionLib.run_record import RunRecord
+from MedicalAnomalyDetectionLib.serialise import DictSerialisable
 
 from ..slice_set import SliceSet
+from .settings import option
 
 
-def add_sign_argument(parser: argparse.ArgumentParser, what: str = "residuals") -> None:
-    """``--sign``: which side of a map is anomalous for the modality (FLAIR lesions are bright: positive)."""
-    parser.add_argument("--sign", default="positive", choices=("positive", "negative", "absolute"),
-                        help=f"which {what} are anomalous (FLAIR lesions: positive; T1: negative)")
+@dataclass(frozen=True, kw_only=True)
+class RecipeSettings(DictSerialisable):
+    """What every fit is told: its random seed. A recipe's ``Settings`` extend this with everything that decides
+    what the fit learns (each default written once, there); written to the run record."""
+
+    seed: int = option(0, "random seed of the fit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(DictSerialisable):
+    """How a fit runs, which does not change what it learns (never part of a run's identity). A recipe names the
+    ones it honours in ``Recipe.run_options``; only those are offered on its command line."""
+
+    device: str = option("auto", "auto: CUDA when usable, else the CPU", choices=DEVICE_CHOICES)
+    resume: bool = option(False, "continue from the run's checkpoint")
+    stop_after: int | None = option(None, "stop after this many epochs in this session (resume later)")
+    threads: int | None = option(None, "torch CPU threads")
+    quiet: bool = option(False, "no progress bars")
 
 
 class Recipe:
-    """How one method is trained. ``name`` is the method's registered name (a card's ``method``)."""
+    """How one method is trained: ``fit(Settings(...), data, run_dir)`` from Python, or ``python -m training fit
+    --method NAME`` with options generated from ``Settings``. ``name`` is the method's registered name (a card's
+    ``method``)."""
 
     name: ClassVar[str]
+    Settings: ClassVar[type[RecipeSettings]] = RecipeSettings
+    run_options: ClassVar[tuple[str, ...]] = ()  # the RunOptions fields this recipe honours
     needs_data: ClassVar[bool] = True  # False: fit takes no slice cache (e.g. the intensity baseline)
     help: ClassVar[str] = ""
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this method's ``fit`` options (``--data``, ``--run-dir``, ``--seed`` are common to all)."""
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        """Fit on ``data``, leave the trained modules in ``run_dir/checkpoint.pt`` and return the run record."""
+    def fit(cls, settings: RecipeSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        """Fit on ``data``, leave the trained modules in ``run_dir/checkpoint.pt`` and return the run record
+        (``command``: how the fit was asked for, recorded in the card)."""
         raise NotImplementedError
+
+
+LOOP_RUN_OPTIONS = ("device", "resume", "stop_after")  # what training.loop.train honours
 
 
 class FewShotRecipe(Recipe):

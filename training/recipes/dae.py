@@ -3,7 +3,7 @@ healthy slices, L2 against the clean slice inside the brain (see ``methods/dae.p
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,13 +13,25 @@ from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, add_loop_arguments, train_from_args
+from ..loop import FitSettings, Trainee, train_in_world
 from ..slice_set import SliceSet
 from . import Recipe, register
-from .base import add_sign_argument
+from .base import LOOP_RUN_OPTIONS, RunOptions
+from .settings import option, sign_option
 
 
-def dae_trainee(config: DAEConfig, settings: FitSettings, device: torch.device) -> Trainee:
+@dataclass(frozen=True, kw_only=True)
+class DAESettings(FitSettings):
+    """The DAE's fit: its U-Net and its training noise (the card's hyper-parameters)."""
+
+    learning_rate: float = option(1e-3, "initial learning rate (cosine decay)", flag="--lr")
+    widths: tuple[int, ...] = option(DAEConfig.widths, "U-Net widths")
+    noise_std: float = option(DAEConfig.noise_std, "coarse noise strength, in the slices' normalised units")
+    noise_resolution: int = option(DAEConfig.noise_resolution, "noise grid size before upsampling")
+    sign: str = sign_option(DAEConfig.sign)
+
+
+def dae_trainee(config: DAEConfig, settings: DAESettings, device: torch.device) -> Trainee:
     """The U-Net and its Adam optimiser, stepping on noisy -> clean healthy slices."""
     torch.manual_seed(settings.seed)
     network = Reconstructor(config.widths, in_channels=1).to(device)
@@ -43,20 +55,13 @@ def dae_trainee(config: DAEConfig, settings: FitSettings, device: torch.device) 
 class DAERecipe(Recipe):
     name = DenoisingAutoencoder.name
     help = "denoising autoencoder with coarse noise (Kascenas et al. 2022)"
+    Settings = DAESettings
+    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_loop_arguments(parser, learning_rate=1e-3)
-        parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="U-Net widths")
-        parser.add_argument("--noise-std", type=float, default=DAEConfig.noise_std,
-                            help="coarse noise strength, in the slices' normalised units")
-        parser.add_argument("--noise-resolution", type=int, default=DAEConfig.noise_resolution,
-                            help="noise grid size before upsampling")
-        add_sign_argument(parser)
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = DAEConfig(widths=tuple(args.widths), noise_std=args.noise_std,
-                           noise_resolution=args.noise_resolution, sign=args.sign)
-        return train_from_args(lambda settings, device: dae_trainee(config, settings, device), args, data, run_dir,
-                               command)
+    def fit(cls, settings: DAESettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        config = DAEConfig(widths=settings.widths, noise_std=settings.noise_std,
+                           noise_resolution=settings.noise_resolution, sign=settings.sign)
+        return train_in_world(lambda device: dae_trainee(config, settings, device), settings, data, run_dir, run,
+                              command)

@@ -3,7 +3,7 @@ and the sign of the modality's lesions, and export turns that into a weight-free
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from MedicalAnomalyDetectionLib.card import Preprocessing
@@ -12,7 +12,19 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord
 
 from ..slice_set import SliceSet
 from . import Recipe, register
-from .base import add_sign_argument
+from .base import RecipeSettings, RunOptions
+from .settings import option, sign_option
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntensitySettings(RecipeSettings):
+    """What the intensity baseline's bundle is for: the modality, the sign of its lesions, and the model grid."""
+
+    modality: str = option(help="the contrast the bundle is for, e.g. flair or t1")
+    sign: str = sign_option(IntensityConfig.sign, "z-scores")
+    plane: str = option(Preprocessing.plane, choices=("axial", "coronal", "sagittal"))
+    size: tuple[int, ...] = option((128,), "slice size in px: N or H W")
+    spacing: float = option(Preprocessing.spacing_mm, "in-plane spacing in mm")
 
 
 @register
@@ -20,21 +32,15 @@ class IntensityRecipe(Recipe):
     name = IntensityBaseline.name
     needs_data = False
     help = "robust z-score of the intensity (no training; needs no --data)"
+    Settings = IntensitySettings
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--modality", required=True, help="the contrast the bundle is for, e.g. flair or t1")
-        add_sign_argument(parser, "z-scores")
-        parser.add_argument("--plane", default="axial", choices=("axial", "coronal", "sagittal"))
-        parser.add_argument("--size", type=int, nargs="+", default=[128], help="slice size in px: N or H W")
-        parser.add_argument("--spacing", type=float, default=1.875, help="in-plane spacing in mm")
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        size = tuple(args.size) * 2 if len(args.size) == 1 else tuple(args.size)
-        pre = Preprocessing(plane=args.plane, size=size, spacing_mm=args.spacing, normalisation="zscore",
+    def fit(cls, settings: IntensitySettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        size = settings.size * 2 if len(settings.size) == 1 else settings.size
+        pre = Preprocessing(plane=settings.plane, size=size, spacing_mm=settings.spacing, normalisation="zscore",
                             clip=(-10.0, 10.0))  # z-scores: clip only absurd values
-        return RunRecord(method=cls.name, config=IntensityConfig(sign=args.sign).to_dict(),
-                         settings={}, source={"modality": args.modality.lower(), "preprocessing": pre.to_dict()},
-                         data="none (no training: robust z-score of the intensity)", seed=args.seed, device="none",
+        return RunRecord(method=cls.name, config=IntensityConfig(sign=settings.sign).to_dict(),
+                         settings={}, source={"modality": settings.modality.lower(), "preprocessing": pre.to_dict()},
+                         data="none (no training: robust z-score of the intensity)", seed=settings.seed, device="none",
                          seconds=0.0, done=0, planned=0, command=command)

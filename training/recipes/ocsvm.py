@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,15 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord
 from ..loop import CHECKPOINT, save_checkpoint
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import RecipeSettings, RunOptions
+from .settings import option
+
+@dataclass(frozen=True, kw_only=True)
+class OCSVMSettings(RecipeSettings):
+    """The OCSVM pair's fit: the patch SVM's patch size (the patch grid is min(8, patch))."""
+
+    patch: int = option(OCSVMConfig.patch, "patch size of the patch SVM in px")
+
 
 # Patches the patch SVM is fitted on (a random subset of the healthy brain patches: fitting is quadratic in them).
 OCSVM_MAX_PATCHES = 6000
@@ -62,12 +71,10 @@ def fit_ocsvm(data: SliceSet, config: OCSVMConfig, run_dir: Path, seed: int = 0,
 class OCSVMRecipe(Recipe):
     name = OneClassSVMMethod.name
     help = "one-class SVM baseline on pooled intensities"
+    Settings = OCSVMSettings
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--patch", type=int, default=32, help="patch size of the patch SVM in px")
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = OCSVMConfig(patch=args.patch, patch_grid=min(8, args.patch))
-        return fit_ocsvm(data, config, run_dir, seed=args.seed, command=command)
+    def fit(cls, settings: OCSVMSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        config = OCSVMConfig(patch=settings.patch, patch_grid=min(8, settings.patch))
+        return fit_ocsvm(data, config, run_dir, seed=settings.seed, command=command)

@@ -7,7 +7,7 @@ states the choices made where the paper is silent); the loop, checkpoints and re
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,15 +20,34 @@ from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
-from ..loop import FitSettings, Trainee, adam, add_loop_arguments, train_from_args
+from ..loop import FitSettings, Trainee, adam, train_in_world
 from ..slice_set import SliceSet
 from . import Recipe, register
-from .base import add_sign_argument
+from .base import LOOP_RUN_OPTIONS, RunOptions
+from .settings import option, sign_option
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchGANSettings(FitSettings):
+    """The Patch-GAN's fit: its network (the card's hyper-parameters) and the loss weights of Eq. 4."""
+
+    widths: tuple[int, ...] = option(PatchGANConfig.widths, "encoder widths")
+    hole: int = option(PatchGANConfig.hole, "in-painting hole (and ranking patch) size in px")
+    sign: str = sign_option(PatchGANConfig.sign)
+    uncertainty: bool = option(PatchGANConfig.uncertainty, "add the log-variance head (our addition)")
+    recon_weight: float = option(0.2, "lambda of Eq. 4: weight of the L2 reconstruction term")
+    adv_weight: float = option(0.05, "weight of R's adversarial term (the paper gives none)")
+    uncertainty_weight: float = option(0.1, "weight of the log-variance head's Gaussian NLL")
+
+    def network(self) -> PatchGANConfig:
+        """The method's configuration these settings train (ranking patches of the hole's size)."""
+        return PatchGANConfig(widths=self.widths, hole=self.hole, sign=self.sign, uncertainty=self.uncertainty,
+                              ranking=PatchRanking(patch=self.hole, stride=self.hole // 2))
 
 
 def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstructor,
                   discriminator: PatchDiscriminator, opt_r: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                  config: PatchGANConfig, settings: FitSettings, generator: torch.Generator) -> dict[str, float]:
+                  config: PatchGANConfig, settings: PatchGANSettings, generator: torch.Generator) -> dict[str, float]:
     """One adversarial step on a batch of (B, 1, H, W) healthy slices; returns the loss terms."""
     batch, _, height, width = x.shape
     device = x.device
@@ -71,7 +90,7 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
     return losses
 
 
-def patchgan_trainee(config: PatchGANConfig, settings: FitSettings, device: torch.device) -> Trainee:
+def patchgan_trainee(config: PatchGANConfig, settings: PatchGANSettings, device: torch.device) -> Trainee:
     """Reconstructor and discriminator with their Adam optimisers, stepping with :func:`training_step`."""
     torch.manual_seed(settings.seed)
     reconstructor = Reconstructor(config.widths, config.uncertainty).to(device)
@@ -90,19 +109,12 @@ def patchgan_trainee(config: PatchGANConfig, settings: FitSettings, device: torc
 class PatchGANRecipe(Recipe):
     name = PatchGAN.name
     help = "Patch-GAN with targeted patch ranking (masked in-painting + PatchGAN discriminator)"
+    Settings = PatchGANSettings
+    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_loop_arguments(parser)
-        parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="encoder widths")
-        parser.add_argument("--hole", type=int, default=32, help="in-painting hole (and ranking patch) size in px")
-        add_sign_argument(parser)
-        parser.add_argument("--uncertainty", action="store_true", help="add the log-variance head (our addition)")
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = PatchGANConfig(widths=tuple(args.widths), hole=args.hole, sign=args.sign,
-                                ranking=PatchRanking(patch=args.hole, stride=args.hole // 2),
-                                uncertainty=args.uncertainty)
-        return train_from_args(lambda settings, device: patchgan_trainee(config, settings, device), args, data,
-                               run_dir, command)
+    def fit(cls, settings: PatchGANSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        config = settings.network()
+        return train_in_world(lambda device: patchgan_trainee(config, settings, device), settings, data, run_dir,
+                              run, command)

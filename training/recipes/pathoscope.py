@@ -3,9 +3,8 @@ them with the core's few-shot fit (on the CPU); also the in-memory fit behind th
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,27 @@ from MedicalAnomalyDetectionLib.run_record import RunRecord, card_from_run
 from ..loop import CHECKPOINT, save_checkpoint
 from ..slice_set import SliceSet
 from . import FewShotRecipe, register
+from .base import RecipeSettings, RunOptions
+from .settings import option
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathoSCOPEFitSettings(RecipeSettings):
+    """PathoSCOPE's fit from a slice cache: which reference cases (drawn with ``seed``) and the few-shot fit."""
+
+    shots: int = option(8, "reference cases drawn from the cache (seed: --seed)")
+    slices_per_shot: int = option(0, "healthy slices per drawn case (0: all; 1: the paper's protocol)")
+    steps: int = option(FewShotSettings.steps, "training steps of adapter and discriminator")
+    eta: float = option(FewShotSettings.eta, "PiEG perturbation strength")
+    backbone: Path | None = option(None, "torchvision ResNet18 state dict (default: random init)")
+    textures: Path | None = option(None, "folder of extra texture images for synthetic lesions")
+    local_contrastive: bool = option(True, "ablation: drop L_LC", flag="--no-local-contrastive")
+    global_contrastive: bool = option(True, "ablation: drop L_GC", flag="--no-global-contrastive")
+
+    def few_shot(self) -> FewShotSettings:
+        """The core's few-shot fit settings these give."""
+        return FewShotSettings(steps=self.steps, seed=self.seed, eta=self.eta,
+                               local_contrastive=self.local_contrastive, global_contrastive=self.global_contrastive)
 
 
 def draw_shots(data: SliceSet, shots: int, seed: int, slices_per_shot: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -93,29 +113,18 @@ class PathoSCOPERecipe(FewShotRecipe):
     label = "PathoSCOPE"
     variants = {"L_LC + L_GC": {}, "L_LC": {"global_contrastive": False}, "L_GC": {"local_contrastive": False}}
     full_variant = "L_LC + L_GC"
+    Settings = PathoSCOPEFitSettings
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--shots", type=int, default=8, help="reference cases drawn from the cache (seed: --seed)")
-        parser.add_argument("--slices-per-shot", type=int, default=0,
-                            help="healthy slices per drawn case (0: all; 1: the paper's protocol)")
-        parser.add_argument("--steps", type=int, default=150, help="training steps of adapter and discriminator")
-        parser.add_argument("--eta", type=float, default=0.01, help="PiEG perturbation strength")
-        parser.add_argument("--backbone", type=Path, help="torchvision ResNet18 state dict (default: random init)")
-        parser.add_argument("--textures", type=Path, help="folder of extra texture images for synthetic lesions")
-        parser.add_argument("--no-local-contrastive", action="store_true", help="ablation: drop L_LC")
-        parser.add_argument("--no-global-contrastive", action="store_true", help="ablation: drop L_GC")
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        config = PathoSCOPEConfig(backbone=args.backbone.name if args.backbone else f"random (seed {args.seed})")
-        settings = FewShotSettings(steps=args.steps, seed=args.seed, eta=args.eta,
-                                   local_contrastive=not args.no_local_contrastive,
-                                   global_contrastive=not args.no_global_contrastive)
-        result, drawn = fit_shots(data, args.shots, config, settings, args.slices_per_shot, args.backbone,
-                                  args.textures)
+    def fit(cls, settings: PathoSCOPEFitSettings, data: SliceSet | None, run_dir: Path,
+            run: RunOptions = RunOptions(), command: str = "") -> RunRecord:
+        backbone = settings.backbone
+        config = PathoSCOPEConfig(backbone=backbone.name if backbone else f"random (seed {settings.seed})")
+        few_shot = settings.few_shot()
+        result, drawn = fit_shots(data, settings.shots, config, few_shot, settings.slices_per_shot, backbone,
+                                  settings.textures)
         save_run(result, run_dir)
-        return run_record(result, drawn, config, settings, data, command)
+        return run_record(result, drawn, config, few_shot, data, command)
 
     @classmethod
     def fit_shots(cls, data: SliceSet, shots: int, seed: int, settings: dict) -> tuple[Bundle, list[str], float]:

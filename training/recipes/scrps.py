@@ -20,7 +20,6 @@ modules a bundle takes (generator, encoder, perceptual network, repository) and 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -32,10 +31,11 @@ import torch
 from tqdm import tqdm
 
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.methods.runtime import add_device_argument, autocast_for, choose_device
-from MedicalAnomalyDetectionLib.methods.scrps import (SCRPS, DiscriminatorFeatures, EncoderFeatures, LatentEncoder,
-                                                      SCRPSConfig, invert, inversion_loss, load_vgg16_state,
-                                                      perceptual_network)
+from MedicalAnomalyDetectionLib.methods.runtime import autocast_for, choose_device
+from MedicalAnomalyDetectionLib.methods.scrps import SCRPS, SCRPSConfig, perceptual_network
+from MedicalAnomalyDetectionLib.methods.scrps.inversion import invert, inversion_loss
+from MedicalAnomalyDetectionLib.networks.perceptual import (DiscriminatorFeatures, EncoderFeatures, LatentEncoder,
+                                                            load_vgg16_state)
 from MedicalAnomalyDetectionLib.networks.stylegan2 import CONFIGS, Generator, StyleGAN2Config
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
@@ -43,6 +43,8 @@ from .. import stylegan_fit
 from ..loop import CHECKPOINT, device_name, save_checkpoint
 from ..slice_set import SliceSet
 from . import Recipe, register
+from .base import RecipeSettings, RunOptions
+from .settings import option
 
 ENCODER_FILE, REPOSITORY_FILE = "encoder.pt", "repository.pt"
 
@@ -65,6 +67,37 @@ class RepositorySettings:
     steps: int = 50
     batch_size: int = 32
     seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SCRPSFitSettings(RecipeSettings):
+    """SCRPS's fit: the GAN (trained here, or a finished StyleGAN2 run), the encoder, the repository, and the
+    method's settings (the card's hyper-parameters)."""
+
+    gan: Path | None = option(None, "run folder of python -m training.stylegan_fit (its generator and discriminator "
+                                    "are used); without it a GAN is trained here")
+    gan_config: str = option("reduced", choices=tuple(sorted(CONFIGS)))
+    gan_iterations: int = option(8000)
+    gan_batch_size: int = option(16)
+    vgg16: Path | None = option(None, "a torchvision VGG16 state_dict file: the perceptual network of Eq. 1/2 and "
+                                      "the map (the paper's choice); default: the feature trunk of the GAN's "
+                                      "discriminator (no download)")
+    encoder_steps: int = option(EncoderSettings.steps)
+    encoder_batch: int = option(EncoderSettings.batch_size)
+    encoder_lr: float = option(EncoderSettings.learning_rate)
+    encoder_widths: tuple[int, ...] | None = option(None, "one per generator level")
+    encoder_hidden: int = option(SCRPSConfig.encoder_hidden)
+    repository_slices: int = option(RepositorySettings.slices)
+    repository_steps: int = option(RepositorySettings.steps)
+    refine_steps: int = option(SCRPSConfig.refine_steps, "Eq. 1 steps after the encoder at test time")
+    refine_lr: float = option(SCRPSConfig.refine_lr)
+    lambda_mse: float = option(SCRPSConfig.lambda_mse)
+    k1: int = option(SCRPSConfig.k1)
+    k2: int = option(SCRPSConfig.k2)
+    l1: int | None = option(None, "default: round(L / 2)")
+    l2: int | None = option(None, "default: L - 3")
+    diffuse_normalisation: bool = option(False, "slice score = patch ranking of the map divided by the slice's "
+                                                "diffuse (median patch) error")
 
 
 # --------------------------------------------------------------------------------------------------------- the GAN
@@ -107,20 +140,22 @@ def load_gan(run_dir: Path, device: torch.device) -> GAN:
                _fingerprint(state["G_ema"]))
 
 
-def train_gan(args: argparse.Namespace, data: SliceSet, run_dir: Path, device: torch.device) -> GAN:
-    """Train (or resume) a StyleGAN2 of ``--gan-config`` in ``run_dir/gan`` (the tiny end-to-end path)."""
+def train_gan(fit: SCRPSFitSettings, data: SliceSet, run_dir: Path, device: torch.device) -> GAN:
+    """Train (or resume) a StyleGAN2 of ``gan_config`` in ``run_dir/gan``: the GAN stage of the recipe, used when no
+    finished StyleGAN2 run is given."""
     gan_dir = run_dir / "gan"
-    config = CONFIGS[args.gan_config]
-    settings = stylegan_fit.GANSettings(batch_size=args.gan_batch_size, seed=args.seed)
+    config = CONFIGS[fit.gan_config]
+    settings = stylegan_fit.GANSettings(batch_size=fit.gan_batch_size, seed=fit.seed)
     checkpoint = gan_dir / stylegan_fit.CHECKPOINT
     trainer = (stylegan_fit.load_checkpoint(checkpoint, device, settings) if checkpoint.exists()
                else stylegan_fit.make_trainer(config, settings, device))
     if trainer.config != config:
-        raise InputError(f"{gan_dir} holds another network than --gan-config {args.gan_config}")
-    if trainer.iteration < args.gan_iterations:
-        stylegan_fit.fit(trainer, data, gan_dir, args.gan_iterations, checkpoint_every=min(500, args.gan_iterations),
+        raise InputError(f"{gan_dir} holds another network than --gan-config {fit.gan_config}")
+    if trainer.iteration < fit.gan_iterations:
+        stylegan_fit.fit(trainer, data, gan_dir, fit.gan_iterations, checkpoint_every=min(500, fit.gan_iterations),
                          progress=False)
-        record = stylegan_fit.run_record(trainer, data, args.data, torch.get_num_threads(), ["(scrps recipe)"])
+        record = stylegan_fit.run_record(trainer, data, data.describe(), torch.get_num_threads(),
+                                         ["(scrps recipe)"])
         (gan_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return load_gan(gan_dir, device)
 
@@ -281,68 +316,39 @@ def perceptual_state(config: SCRPSConfig, gan: GAN, encoder: LatentEncoder | Non
     return {k: v for k, v in gan.discriminator.items() if k in keep}
 
 
-def _config_from_args(args: argparse.Namespace, gan: StyleGAN2Config) -> SCRPSConfig:
-    widths = tuple(args.encoder_widths) if args.encoder_widths else \
-        tuple(min(128, 32 * 2 ** level) for level in range(gan.levels))
-    return SCRPSConfig(gan=gan, perceptual="vgg16" if args.vgg16 else "discriminator", encoder_widths=widths,
-                       encoder_hidden=args.encoder_hidden, lambda_mse=args.lambda_mse, refine_steps=args.refine_steps,
-                       refine_lr=args.refine_lr, k1=args.k1, k2=args.k2, l1=args.l1, l2=args.l2,
-                       ranking=replace(SCRPSConfig.ranking, diffuse_normalisation=args.diffuse_normalisation))
+def method_config(fit: SCRPSFitSettings, gan: StyleGAN2Config) -> SCRPSConfig:
+    """The method's configuration (the card's hyper-parameters) that ``fit`` gives with generator ``gan``."""
+    widths = fit.encoder_widths or tuple(min(128, 32 * 2 ** level) for level in range(gan.levels))
+    return SCRPSConfig(gan=gan, perceptual="vgg16" if fit.vgg16 else "discriminator", encoder_widths=widths,
+                       encoder_hidden=fit.encoder_hidden, lambda_mse=fit.lambda_mse, refine_steps=fit.refine_steps,
+                       refine_lr=fit.refine_lr, k1=fit.k1, k2=fit.k2, l1=fit.l1, l2=fit.l2,
+                       ranking=replace(SCRPSConfig.ranking, diffuse_normalisation=fit.diffuse_normalisation))
 
 
 @register
 class SCRPSRecipe(Recipe):
     name = SCRPS.name
     help = "SCRPS: StyleGAN2 latent-code retrieval and partial swap (Wei et al. 2025), with an encoder"
+    Settings = SCRPSFitSettings
+    run_options = ("device", "threads", "quiet")
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--gan", type=Path, help="run folder of python -m training.stylegan_fit (its generator "
-                                                     "and discriminator are used); without it a GAN is trained here")
-        parser.add_argument("--gan-config", choices=sorted(CONFIGS), default="reduced")
-        parser.add_argument("--gan-iterations", type=int, default=8000)
-        parser.add_argument("--gan-batch-size", type=int, default=16)
-        parser.add_argument("--vgg16", type=Path, help="a torchvision VGG16 state_dict file: the perceptual network "
-                                                       "of Eq. 1/2 and the map (the paper's choice); default: the "
-                                                       "feature trunk of the GAN's discriminator (no download)")
-        parser.add_argument("--encoder-steps", type=int, default=EncoderSettings.steps)
-        parser.add_argument("--encoder-batch", type=int, default=EncoderSettings.batch_size)
-        parser.add_argument("--encoder-lr", type=float, default=EncoderSettings.learning_rate)
-        parser.add_argument("--encoder-widths", type=int, nargs="+", help="one per generator level")
-        parser.add_argument("--encoder-hidden", type=int, default=512)
-        parser.add_argument("--repository-slices", type=int, default=RepositorySettings.slices)
-        parser.add_argument("--repository-steps", type=int, default=RepositorySettings.steps)
-        parser.add_argument("--refine-steps", type=int, default=SCRPSConfig.refine_steps,
-                            help="Eq. 1 steps after the encoder at test time")
-        parser.add_argument("--refine-lr", type=float, default=SCRPSConfig.refine_lr)
-        parser.add_argument("--lambda-mse", type=float, default=SCRPSConfig.lambda_mse)
-        parser.add_argument("--k1", type=int, default=SCRPSConfig.k1)
-        parser.add_argument("--k2", type=int, default=SCRPSConfig.k2)
-        parser.add_argument("--l1", type=int, help="default: round(L / 2)")
-        parser.add_argument("--l2", type=int, help="default: L - 3")
-        parser.add_argument("--diffuse-normalisation", action="store_true",
-                            help="slice score = patch ranking of the map divided by the slice's diffuse (median "
-                                 "patch) error")
-        add_device_argument(parser)
-        parser.add_argument("--threads", type=int, help="torch CPU threads")
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    @classmethod
-    def fit(cls, args: argparse.Namespace, data: SliceSet | None, run_dir: Path, command: str) -> RunRecord:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = choose_device(args.device)
-        vgg16 = load_vgg16_state(args.vgg16) if args.vgg16 else None  # refused before any work when malformed
+    def fit(cls, settings: SCRPSFitSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        device = choose_device(run.device)
+        vgg16 = load_vgg16_state(settings.vgg16) if settings.vgg16 else None  # refused before any work if malformed
         started = time.perf_counter()
-        gan = load_gan(args.gan, device) if args.gan else train_gan(args, data, run_dir, device)
+        gan = load_gan(settings.gan, device) if settings.gan else train_gan(settings, data, run_dir, device)
         if tuple(data.slices.shape[1:]) != tuple(gan.config.size):
-            raise InputError(f"the slices of {args.data} are {tuple(data.slices.shape[1:])}, the generator makes "
+            raise InputError(f"the slices of {data.describe()} are {tuple(data.slices.shape[1:])}, the generator makes "
                              f"{tuple(gan.config.size)}")
-        config = _config_from_args(args, gan.config)
-        encoder_settings = EncoderSettings(steps=args.encoder_steps, batch_size=args.encoder_batch,
-                                           learning_rate=args.encoder_lr, seed=args.seed)
-        repository_settings = RepositorySettings(slices=args.repository_slices, steps=args.repository_steps,
-                                                 seed=args.seed)
+        config = method_config(settings, gan.config)
+        encoder_settings = EncoderSettings(steps=settings.encoder_steps, batch_size=settings.encoder_batch,
+                                           learning_rate=settings.encoder_lr, seed=settings.seed)
+        repository_settings = RepositorySettings(slices=settings.repository_slices, steps=settings.repository_steps,
+                                                 seed=settings.seed)
         features = perceptual_network(config)
         features.load_state_dict(perceptual_state(config, gan, None, vgg16))
         features = features.to(device).eval().requires_grad_(False)
@@ -352,12 +358,12 @@ class SCRPSRecipe(Recipe):
                     "vgg16": None if vgg16 is None else _fingerprint(vgg16)}
         encoder_identity = json.dumps({**identity, "encoder": asdict(encoder_settings)}, sort_keys=True)
         encoder, encoder_record = train_encoder(gan, features, config, data, encoder_settings, device,
-                                                run_dir / ENCODER_FILE, encoder_identity, not args.quiet)
+                                                run_dir / ENCODER_FILE, encoder_identity, not run.quiet)
         repository_identity = json.dumps({**identity, "encoder": asdict(encoder_settings),
                                           "repository": asdict(repository_settings)}, sort_keys=True)
         codes, repository_record = build_repository(gan, features, encoder, config, data, repository_settings,
                                                     device, run_dir / REPOSITORY_FILE, repository_identity,
-                                                    not args.quiet)
+                                                    not run.quiet)
         perceptual = perceptual_state(config, gan, encoder, vgg16)
         if config.perceptual == "vgg16":  # 14.7 M parameters: half precision keeps the bundle near 50 MB
             perceptual = {k: v.half() for k, v in perceptual.items()}
@@ -366,12 +372,12 @@ class SCRPSRecipe(Recipe):
         save_checkpoint({"modules": modules}, run_dir / CHECKPOINT)
         seconds = float(gan.record.get("seconds", 0.0)) + encoder_record["seconds"] + repository_record["seconds"]
         notes = {"gan": gan.record, "encoder": encoder_record, "repository": repository_record,
-                 "perceptual_network": "user-supplied torchvision VGG16 " + str(args.vgg16) if vgg16 is not None
+                 "perceptual_network": "user-supplied torchvision VGG16 " + str(settings.vgg16) if vgg16 is not None
                  else f"{config.perceptual} features (no download)",
                  "this_session_seconds": round(time.perf_counter() - started, 1)}
         return RunRecord(method=SCRPS.name, config=config.to_dict(),
                          settings={"encoder": asdict(encoder_settings), "repository": asdict(repository_settings),
                                    "gan": gan.record.get("settings", {})},
-                         source=data.source, data=data.describe(), seed=args.seed, device=device_name(device),
+                         source=data.source, data=data.describe(), seed=settings.seed, device=device_name(device),
                          seconds=round(seconds, 1), done=encoder_settings.steps, planned=encoder_settings.steps,
                          command=command, losses=encoder_record.get("history", [])[-5:], notes={"stages": notes})

@@ -45,22 +45,22 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..bundle import Bundle, load_state_file
-from ..errors import InputError
-from ..scoring import PatchRanking, slice_scores
-from ..serialise import DictSerialisable
-from .base import AnomalyMethod, SliceResult
-from .common import load_module, smooth
-from .registry import register
-from .runtime import autocast_for
-from ..networks.stylegan2 import DiscriminatorBlock, EqualConv2d, Generator, StyleGAN2Config
+from ...bundle import Bundle
+from ...errors import InputError
+from ...networks.perceptual import VGG16_TAPS, DiscriminatorFeatures, EncoderFeatures, LatentEncoder, VGG16Features
+from ...networks.stylegan2 import Generator, StyleGAN2Config
+from ...scoring import PatchRanking, slice_scores
+from ...serialise import DictSerialisable
+from ..base import AnomalyMethod, SliceResult
+from ..common import load_module, smooth
+from ..registry import register
+from ..runtime import autocast_for
+from .inversion import Retrieved, invert, perceptual_map, retrieve, swap
 
 PERCEPTUAL_KINDS = ("discriminator", "vgg16", "encoder")
 RETRIEVALS = ("coarse-to-fine", "one-stage", "none")
@@ -152,275 +152,12 @@ class SCRPSConfig(DictSerialisable):
         return {**super().to_dict(), "map_layers": list(self.taps_for_map), "l1": self.layer1, "l2": self.layer2}
 
 
-# ----------------------------------------------------------------------------------------------- perceptual networks
-
-class DiscriminatorFeatures(nn.Module):
-    """The StyleGAN2 discriminator's feature trunk (from-grey and the residual blocks, the same parameter names as
-    :class:`~.stylegan2.Discriminator`, so its state dict loads as is). Taps: the from-grey output at full
-    resolution, then each block's output (1/2, 1/4, ...)."""
-
-    def __init__(self, config: StyleGAN2Config) -> None:
-        super().__init__()
-        ch = config.channels
-        self.from_grey = EqualConv2d(1, ch[-1], 1)
-        self.blocks = nn.Sequential(*(DiscriminatorBlock(ch[level], ch[level - 1])
-                                      for level in range(config.levels - 1, 0, -1)))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = [self.from_grey(x)]
-        for block in self.blocks:
-            taps.append(block(taps[-1]))
-        return taps
-
-
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-VGG16_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
-VGG16_CLASSIFIER = {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
-                    "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
-                    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class VGG16Features(nn.Module):
-    """torchvision's ``vgg16().features`` (same module indices, so its state dict keys ``features.N.*`` load), up to
-    relu5_3. A grey slice (our units: background 0, brain median 0.5) is divided by 1.5, copied to three channels
-    and normalised with the ImageNet mean and standard deviation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for item in VGG16_LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=False)]
-                channels = int(item)
-        self.features = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((x / 1.5).expand(-1, 3, -1, -1) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        taps = []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in VGG16_TAPS:
-                taps.append(x)
-        return taps
-
-
-def load_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
-    """The ``features.*`` tensors of a torchvision VGG16 ``state_dict`` file (the whole model's, or its features
-    alone), read without unpickling objects; an InputError names any missing, unexpected or misshapen key."""
-    state = load_state_file(Path(path))
-    expected = {k: tuple(v.shape) for k, v in VGG16Features().state_dict().items()}
-    allowed = {**expected, **VGG16_CLASSIFIER}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(allowed))
-    if missing or unexpected:
-        raise InputError(f"{path} is not a torchvision VGG16 state_dict: "
-                         + "; ".join(part for part in (
-                             f"missing keys {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
-                             if missing else "",
-                             f"unexpected keys {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"
-                             if unexpected else "") if part))
-    wrong = [f"{k} is {tuple(v.shape)}, VGG16 has {allowed[k]}" for k, v in state.items()
-             if tuple(v.shape) != tuple(allowed[k])]
-    if wrong:
-        raise InputError(f"{path} is not a torchvision VGG16 state_dict: {'; '.join(wrong[:3])}")
-    bad = [k for k in expected if not torch.isfinite(state[k].float()).all()]
-    if bad:
-        raise InputError(f"{path}: VGG16 weights {', '.join(bad[:3])} hold NaN or infinite values")
-    return {k: state[k].float() for k in expected}
-
-
-# ----------------------------------------------------------------------------------------------------------- encoder
-
-class LatentEncoder(nn.Module):
-    """Amortised inversion: slice (B, 1, H, W) -> W+ codes (B, L, w_dim) = ``w_mean`` + a predicted offset per code.
-    A plain convolutional trunk (one level per generator level, stride-2 between levels) down to the generator's
-    start size, then two fully connected layers; the last starts at zero, so an untrained encoder gives the mean w."""
-
-    def __init__(self, config: StyleGAN2Config, widths: tuple[int, ...], hidden: int) -> None:
-        super().__init__()
-        if len(widths) != config.levels:
-            raise InputError(f"the encoder needs {config.levels} widths, not {len(widths)}")
-        self.num_ws, self.w_dim = config.num_ws, config.w_dim
-        stages = [nn.Sequential(nn.Conv2d(1, widths[0], 3, padding=1), nn.LeakyReLU(0.2),
-                                nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.LeakyReLU(0.2))]
-        for level in range(1, config.levels):
-            stages.append(nn.Sequential(nn.Conv2d(widths[level - 1], widths[level], 3, stride=2, padding=1),
-                                        nn.LeakyReLU(0.2), nn.Conv2d(widths[level], widths[level], 3, padding=1),
-                                        nn.LeakyReLU(0.2)))
-        self.stages = nn.ModuleList(stages)
-        start = config.start_size
-        self.head = nn.Sequential(nn.Linear(widths[-1] * start[0] * start[1], hidden), nn.LeakyReLU(0.2),
-                                  nn.Linear(hidden, self.num_ws * self.w_dim))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-        self.register_buffer("w_mean", torch.zeros(self.num_ws, self.w_dim))
-
-    def trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for stage in self.stages:
-            x = stage(x)
-            taps.append(x)
-        return taps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offsets = self.head(self.trunk(x)[-1].flatten(1).float()).view(-1, self.num_ws, self.w_dim)
-        return self.w_mean + offsets
-
-
-class EncoderFeatures(nn.Module):
-    """The encoder's trunk as a perceptual network (``kind: encoder``); taps at full, 1/2, 1/4, ... resolution."""
-
-    def __init__(self, config: StyleGAN2Config, widths: tuple[int, ...], hidden: int) -> None:
-        super().__init__()
-        self.stages = LatentEncoder(config, widths, hidden).stages
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for stage in self.stages:
-            x = stage(x)
-            taps.append(x)
-        return taps
-
-
 def perceptual_network(config: SCRPSConfig) -> nn.Module:
     if config.perceptual == "vgg16":
         return VGG16Features()
     if config.perceptual == "encoder":
         return EncoderFeatures(config.gan, config.encoder_widths, config.encoder_hidden)
     return DiscriminatorFeatures(config.gan)
-
-
-# ------------------------------------------------------------------------------------------- Eq. 1, Eq. 2, the map
-
-def normalised(tap: torch.Tensor) -> torch.Tensor:
-    """Features unit-normalised over channels at each pixel, as in the LPIPS distance of Zhang et al. [31]."""
-    return F.normalize(tap.float(), dim=1, eps=1e-8)
-
-
-def perceptual_loss(taps_a: list[torch.Tensor], taps_b: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 2 per slice, (B,): sum over taps of ||F_j(a) - F_j(b)||^2 / N_j (N_j: the tap's pixel count), with the
-    features of [31] (the paper's reference for this loss): unit-normalised over channels. Each term then lies in
-    [0, 4] whatever the network, which is what gives lambda_mse = 10 the same meaning for every perceptual network
-    (raw discriminator features made the pixel term 1 % of the loss)."""
-    total = 0.0
-    for a, b in zip(taps_a, taps_b):
-        total = total + (normalised(a) - normalised(b)).square().sum(dim=1).mean(dim=(1, 2))
-    return total
-
-
-def inversion_loss(features: nn.Module, target_taps: list[torch.Tensor], x: torch.Tensor, image: torch.Tensor,
-                   lambda_mse: float) -> torch.Tensor:
-    """Eq. 1 per slice, (B,): perceptual loss + lambda_mse / N x squared pixel error."""
-    return (perceptual_loss(features(image), target_taps)
-            + lambda_mse * (image.float() - x).square().mean(dim=(1, 2, 3)))
-
-
-def invert(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tensor, steps: int, lr: float,
-           lambda_mse: float, snapshots: tuple[int, ...] = (), autocast=None) -> dict[int, torch.Tensor]:
-    """Optimise the W+ codes of the (B, 1, H, W) slices ``x`` from ``start`` (B, L, w_dim) for ``steps`` Adam steps
-    of Eq. 1 (constant ``lr``), all slices at once. Returns {step: codes} for ``steps`` and every step of
-    ``snapshots`` up to it. A non-finite loss or code is an InputError (the inversion diverged)."""
-    autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
-    kept: dict[int, torch.Tensor] = {0: start.detach().clone().float()}
-    if steps > 0:  # at 0 steps the start is the answer, without a perceptual pass
-        kept.update(_adam_steps(G, features, x, kept[0], steps, lr, lambda_mse, snapshots, autocast))
-    final = kept[steps]
-    if not torch.isfinite(final).all():
-        raise InputError("SCRPS inversion diverged: the W+ codes are not finite; nothing was written")
-    return kept
-
-
-def _adam_steps(G: Generator, features: nn.Module, x: torch.Tensor, start: torch.Tensor, steps: int, lr: float,
-                lambda_mse: float, snapshots: tuple[int, ...], autocast) -> dict[int, torch.Tensor]:
-    """The codes after ``steps`` Adam steps of Eq. 1 from ``start``, and at each step of ``snapshots`` below it."""
-    kept: dict[int, torch.Tensor] = {}
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone().float()
-        ws = start.detach().clone().float().requires_grad_(True)
-        with torch.no_grad(), autocast():
-            target = [t.float() for t in features(x)]
-        optimiser = torch.optim.Adam([ws], lr=lr, betas=(0.9, 0.999))
-        for step in range(steps + 1):
-            if step in snapshots or step == steps:
-                kept[step] = ws.detach().clone()
-            if step == steps:
-                break
-            with autocast():
-                loss = inversion_loss(features, target, x, G.synthesis(ws), lambda_mse)
-            if not torch.isfinite(loss).all():
-                raise InputError(f"SCRPS inversion diverged: the Eq. 1 loss is not finite at step {step} "
-                                 f"(learning rate {lr:g}); nothing was written")
-            optimiser.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            try:
-                optimiser.step()
-            except RuntimeError as error:  # e.g. a step size beyond float range
-                raise InputError(f"SCRPS inversion diverged at step {step}: {str(error).splitlines()[0][:120]}; "
-                                 "nothing was written") from None
-    return kept
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, K) cosine similarities of the rows of (B, n) ``a`` and (K, n) ``b``."""
-    return F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).t()
-
-
-@dataclass
-class Retrieved:
-    """The retrieved repository items of each slice: indices (B, K2), weights (B, K2), combined codes (B, L, D)."""
-
-    index: torch.Tensor
-    weights: torch.Tensor
-    codes: torch.Tensor
-
-
-def retrieve(codes: torch.Tensor, repository: torch.Tensor, k1: int, k2: int, l1: int,
-             retrieval: str = "coarse-to-fine") -> Retrieved:
-    """Eqs. 3-4 and the weighted combination, batched over (B, L, D) ``codes`` against (K, L, D) ``repository``.
-
-    coarse-to-fine: the top ``k1`` items by the cosine similarity of the first ``l1`` codes, among them the top
-    ``k2`` by the similarity of the rest; one-stage: the top ``k2`` by the similarity of all L codes. Weights: the
-    (fine) similarities of the chosen items over their sum (negative similarities count as 0; if all are 0, equal
-    weights)."""
-    count = repository.shape[0]
-    k1, k2 = min(k1, count), min(k2, k1, count)
-    flat = lambda t, part: t[:, part].flatten(1)  # noqa: E731
-    if retrieval == "one-stage":
-        similarity = cosine(codes.flatten(1), repository.flatten(1))
-        top, index = similarity.topk(k2, dim=1)
-    else:
-        coarse = cosine(flat(codes, slice(0, l1)), flat(repository, slice(0, l1)))
-        candidates = coarse.topk(k1, dim=1).indices  # (B, k1): the set P of Eq. 3
-        fine = cosine(flat(codes, slice(l1, None)), flat(repository, slice(l1, None)))
-        top, chosen = fine.gather(1, candidates).topk(k2, dim=1)  # Eq. 4 within P
-        index = candidates.gather(1, chosen)
-    top = top.clamp_min(0)
-    total = top.sum(dim=1, keepdim=True)
-    weights = torch.where(total > 0, top / total.clamp_min(1e-12), torch.full_like(top, 1.0 / k2))
-    combined = (weights[:, :, None, None] * repository[index].float()).sum(dim=1)
-    return Retrieved(index=index, weights=weights, codes=combined)
-
-
-def swap(codes: torch.Tensor, combined: torch.Tensor, l2: int) -> torch.Tensor:
-    """Eq. 5: the first ``l2`` codes of the test slice, the rest from the combination."""
-    return torch.cat([codes[:, :l2], combined[:, l2:]], dim=1)
-
-
-def perceptual_map(taps_a: list[torch.Tensor], taps_b: list[torch.Tensor], layers: tuple[int, ...],
-                   size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) normalised perceptual score: per tap, features unit-normalised over channels, squared difference
-    summed over channels, upsampled (bilinear) to ``size``; the mean over ``layers``."""
-    total = 0.0
-    for layer in layers:
-        distance = (normalised(taps_a[layer]) - normalised(taps_b[layer])).square().sum(dim=1, keepdim=True)
-        total = total + F.interpolate(distance, size=size, mode="bilinear", align_corners=False)
-    return (total / len(layers))[:, 0]
 
 
 # ------------------------------------------------------------------------------------------------------- the method
