@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -26,11 +26,12 @@ from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from .recipes.base import RecipeSettings, RunOptions
+from .recipes.base import Recipe, RecipeSettings, RunOptions
 from .recipes.settings import option
 from .slice_set import SliceSet
 
 CHECKPOINT = "checkpoint.pt"
+LOOP_RUN_OPTIONS = ("device", "resume", "stop_after")  # the RunOptions train honours
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +65,28 @@ class Trainee:
 def adam(module: nn.Module, settings: FitSettings) -> torch.optim.Adam:
     """Adam as the GAN-style methods use it (beta1 = 0.5)."""
     return torch.optim.Adam(module.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
+
+
+def descend(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step of ``optimiser`` down ``loss``."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+
+
+AdversarialStep = Callable[[torch.Tensor, torch.Tensor, torch.Generator, torch.optim.Optimizer,
+                            torch.optim.Optimizer], dict[str, float]]
+
+
+def adversarial_trainee(method: str, config: dict, reconstructor: nn.Module, discriminator: nn.Module,
+                        settings: FitSettings, step: AdversarialStep) -> Trainee:
+    """A reconstructor and a discriminator (checkpointed as such), each with :func:`adam`, stepping with
+    ``step(x, mask, generator, reconstructor's optimiser, discriminator's optimiser)``."""
+    opt_r, opt_d = adam(reconstructor, settings), adam(discriminator, settings)
+    return Trainee(method=method, config=config,
+                   modules={"reconstructor": reconstructor, "discriminator": discriminator},
+                   optimisers={"reconstructor": opt_r, "discriminator": opt_d},
+                   step=lambda x, mask, generator: step(x, mask, generator, opt_r, opt_d))
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -178,6 +201,24 @@ def train(trainee: Trainee, data: SliceSet, settings: FitSettings, run_dir: Path
                      data=data.describe(), seed=settings.seed, device=device_name(device, world),
                      seconds=round(seconds_before + time.perf_counter() - started, 1), done=last_epoch,
                      planned=settings.epochs, command=command, losses=history[-5:])
+
+
+class LoopRecipe(Recipe):
+    """The recipe of a method :func:`train` trains: it says how to build the trainee from its settings."""
+
+    Settings: ClassVar[type[FitSettings]] = FitSettings
+    run_options = LOOP_RUN_OPTIONS
+
+    @classmethod
+    def trainee(cls, settings: FitSettings, data: SliceSet, device: torch.device) -> Trainee:
+        """The modules, optimisers and training step ``settings`` describe, on ``device``."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit(cls, settings: FitSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
+            command: str = "") -> RunRecord:
+        return train_in_world(lambda device: cls.trainee(settings, data, device), settings, data, run_dir, run,
+                              command)
 
 
 def train_in_world(trainee_for: Callable[[torch.device], Trainee], settings: FitSettings, data: SliceSet,

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from MedicalAnomalyDetectionLib.methods.autoencoder import Autoencoder, AutoencoderConfig, ConvAutoencoder
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
-from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, adam, train_in_world
+from ..loop import FitSettings, LoopRecipe, Trainee, adam, descend
 from ..slice_set import SliceSet
-from . import Recipe, register
-from .base import LOOP_RUN_OPTIONS, RunOptions
+from . import register
 from .settings import option, sign_option
 
 
@@ -39,9 +36,7 @@ def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device
         with autocast_for(device, training=True):
             reconstruction = network(x).float()
         loss = F.mse_loss(reconstruction, x)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        descend(optimiser, loss)
         return {"loss_r": loss.item()}
 
     return Trainee(method=Autoencoder.name, config=config.to_dict(), modules={"autoencoder": network},
@@ -49,15 +44,12 @@ def autoencoder_trainee(config: AutoencoderConfig, settings: FitSettings, device
 
 
 @register
-class AutoencoderRecipe(Recipe):
+class AutoencoderRecipe(LoopRecipe):
     name = Autoencoder.name
     help = "convolutional autoencoder baseline (L2)"
     Settings = AutoencoderSettings
-    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def fit(cls, settings: AutoencoderSettings, data: SliceSet | None, run_dir: Path,
-            run: RunOptions = RunOptions(), command: str = "") -> RunRecord:
+    def trainee(cls, settings: AutoencoderSettings, data: SliceSet, device: torch.device) -> Trainee:
         config = AutoencoderConfig(widths=settings.widths, sign=settings.sign)
-        return train_in_world(lambda device: autoencoder_trainee(config, settings, device, data.slices.shape[1:]),
-                              settings, data, run_dir, run, command)
+        return autoencoder_trainee(config, settings, device, data.slices.shape[1:])

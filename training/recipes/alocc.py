@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,12 +11,10 @@ from MedicalAnomalyDetectionLib.methods.alocc import ALOCC, ALOCCConfig
 from MedicalAnomalyDetectionLib.networks.autoencoder import AutoencoderConfig, ConvAutoencoder
 from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
-from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, adam, train_in_world
+from ..loop import FitSettings, LoopRecipe, Trainee, adversarial_trainee, descend
 from ..slice_set import SliceSet
-from . import Recipe, register
-from .base import LOOP_RUN_OPTIONS, RunOptions
+from . import register
 from .settings import option, sign_option
 
 
@@ -38,9 +35,9 @@ def alocc_trainee(config: ALOCCConfig, settings: ALOCCSettings, device: torch.de
     r = config.reconstructor
     reconstructor = ConvAutoencoder(r.widths, r.latent_channels).to(device)
     discriminator = PatchDiscriminator(config.disc_widths, in_channels=1).to(device)
-    opt_r, opt_d = adam(reconstructor, settings), adam(discriminator, settings)
 
-    def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+    def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, opt_r: torch.optim.Optimizer,
+             opt_d: torch.optim.Optimizer) -> dict[str, float]:
         noisy = x + config.noise_sigma * torch.randn(x.shape, generator=generator, device=x.device)
         with autocast_for(device, training=True):
             restored = reconstructor(noisy).float()
@@ -48,33 +45,24 @@ def alocc_trainee(config: ALOCCConfig, settings: ALOCCSettings, device: torch.de
             d_fake = discriminator(restored.detach()).float()
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        descend(opt_d, loss_d)
         with autocast_for(device, training=True):
             d_gen = discriminator(restored).float()
         loss_adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         loss_r = F.mse_loss(restored, x)
-        opt_r.zero_grad(set_to_none=True)
-        (loss_adv + settings.recon_weight * loss_r).backward()
-        opt_r.step()
+        descend(opt_r, loss_adv + settings.recon_weight * loss_r)
         return {"loss_r": loss_r.item(), "loss_adv": loss_adv.item(), "loss_d": loss_d.item()}
 
-    return Trainee(method=ALOCC.name, config=config.to_dict(),
-                   modules={"reconstructor": reconstructor, "discriminator": discriminator},
-                   optimisers={"reconstructor": opt_r, "discriminator": opt_d}, step=step)
+    return adversarial_trainee(ALOCC.name, config.to_dict(), reconstructor, discriminator, settings, step)
 
 
 @register
-class ALOCCRecipe(Recipe):
+class ALOCCRecipe(LoopRecipe):
     name = ALOCC.name
     help = "ALOCC baseline (denoising reconstructor + discriminator)"
     Settings = ALOCCSettings
-    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def fit(cls, settings: ALOCCSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
-            command: str = "") -> RunRecord:
+    def trainee(cls, settings: ALOCCSettings, data: SliceSet, device: torch.device) -> Trainee:
         config = ALOCCConfig(reconstructor=AutoencoderConfig(widths=settings.widths, sign=settings.sign))
-        return train_in_world(lambda device: alocc_trainee(config, settings, device, data.slices.shape[1:]),
-                              settings, data, run_dir, run, command)
+        return alocc_trainee(config, settings, device, data.slices.shape[1:])

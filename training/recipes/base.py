@@ -54,9 +54,6 @@ class Recipe:
         raise NotImplementedError
 
 
-LOOP_RUN_OPTIONS = ("device", "resume", "stop_after")  # what training.loop.train honours
-
-
 class FewShotRecipe(Recipe):
     """A method fitted to K reference cases; the few-shot tables (``python -m training fewshot``) use it.
     ``variants`` maps an ablation's name to the settings it changes (the full method is ``full_variant``)."""

@@ -4,19 +4,16 @@ healthy slices, L2 against the clean slice inside the brain (see ``methods/dae.p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from MedicalAnomalyDetectionLib.methods.dae import DAEConfig, DenoisingAutoencoder, coarse_noise
 from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
-from MedicalAnomalyDetectionLib.run_record import RunRecord
 
-from ..loop import FitSettings, Trainee, train_in_world
+from ..loop import FitSettings, LoopRecipe, Trainee, descend
 from ..slice_set import SliceSet
-from . import Recipe, register
-from .base import LOOP_RUN_OPTIONS, RunOptions
+from . import register
 from .settings import option, sign_option
 
 
@@ -42,9 +39,7 @@ def dae_trainee(config: DAEConfig, settings: DAESettings, device: torch.device) 
         with autocast_for(device, training=True):
             restored = network(noisy).float()
         loss = ((restored - x) ** 2 * mask).sum() / mask.sum().clamp_min(1)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        descend(optimiser, loss)
         return {"loss_r": loss.item()}
 
     return Trainee(method=DenoisingAutoencoder.name, config=config.to_dict(), modules={"denoiser": network},
@@ -52,16 +47,13 @@ def dae_trainee(config: DAEConfig, settings: DAESettings, device: torch.device) 
 
 
 @register
-class DAERecipe(Recipe):
+class DAERecipe(LoopRecipe):
     name = DenoisingAutoencoder.name
     help = "denoising autoencoder with coarse noise (Kascenas et al. 2022)"
     Settings = DAESettings
-    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def fit(cls, settings: DAESettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
-            command: str = "") -> RunRecord:
+    def trainee(cls, settings: DAESettings, data: SliceSet, device: torch.device) -> Trainee:
         config = DAEConfig(widths=settings.widths, noise_std=settings.noise_std,
                            noise_resolution=settings.noise_resolution, sign=settings.sign)
-        return train_in_world(lambda device: dae_trainee(config, settings, device), settings, data, run_dir, run,
-                              command)
+        return dae_trainee(config, settings, device)

@@ -8,7 +8,6 @@ states the choices made where the paper is silent); the loop, checkpoints and re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +16,11 @@ from MedicalAnomalyDetectionLib.methods.patchgan import LOG_VAR_RANGE, PatchGAN,
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
 from MedicalAnomalyDetectionLib.networks.unet import Reconstructor
-from MedicalAnomalyDetectionLib.run_record import RunRecord
 from MedicalAnomalyDetectionLib.scoring import PatchRanking
 
-from ..loop import FitSettings, Trainee, adam, train_in_world
+from ..loop import FitSettings, LoopRecipe, Trainee, adversarial_trainee, descend
 from ..slice_set import SliceSet
-from . import Recipe, register
-from .base import LOOP_RUN_OPTIONS, RunOptions
+from . import register
 from .settings import option, sign_option
 
 
@@ -65,9 +62,7 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
         d_fake = discriminator(fake.detach(), holes).float()
     loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
               + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
+    descend(opt_d, loss_d)
 
     loss_r = F.mse_loss(x_hat, x)  # Eq. 1, whole slice
     weight = holes * mask
@@ -84,9 +79,7 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
         loss_nll = (nll * weight).sum() / weight.sum().clamp_min(1)
         total = total + settings.uncertainty_weight * loss_nll
         losses["loss_nll"] = loss_nll.item()
-    opt_r.zero_grad(set_to_none=True)
-    total.backward()
-    opt_r.step()
+    descend(opt_r, total)
     return losses
 
 
@@ -95,26 +88,20 @@ def patchgan_trainee(config: PatchGANConfig, settings: PatchGANSettings, device:
     torch.manual_seed(settings.seed)
     reconstructor = Reconstructor(config.widths, config.uncertainty).to(device)
     discriminator = PatchDiscriminator(config.disc_widths).to(device)
-    opt_r, opt_d = adam(reconstructor, settings), adam(discriminator, settings)
 
-    def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+    def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, opt_r: torch.optim.Optimizer,
+             opt_d: torch.optim.Optimizer) -> dict[str, float]:
         return training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
 
-    return Trainee(method=PatchGAN.name, config=config.to_dict(),
-                   modules={"reconstructor": reconstructor, "discriminator": discriminator},
-                   optimisers={"reconstructor": opt_r, "discriminator": opt_d}, step=step)
+    return adversarial_trainee(PatchGAN.name, config.to_dict(), reconstructor, discriminator, settings, step)
 
 
 @register
-class PatchGANRecipe(Recipe):
+class PatchGANRecipe(LoopRecipe):
     name = PatchGAN.name
     help = "Patch-GAN with targeted patch ranking (masked in-painting + PatchGAN discriminator)"
     Settings = PatchGANSettings
-    run_options = LOOP_RUN_OPTIONS
 
     @classmethod
-    def fit(cls, settings: PatchGANSettings, data: SliceSet | None, run_dir: Path, run: RunOptions = RunOptions(),
-            command: str = "") -> RunRecord:
-        config = settings.network()
-        return train_in_world(lambda device: patchgan_trainee(config, settings, device), settings, data, run_dir,
-                              run, command)
+    def trainee(cls, settings: PatchGANSettings, data: SliceSet, device: torch.device) -> Trainee:
+        return patchgan_trainee(settings.network(), settings, device)
