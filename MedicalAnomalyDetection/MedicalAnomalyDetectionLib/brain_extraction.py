@@ -41,6 +41,11 @@ PLAUSIBLE_BRAIN_ML = (100.0, 4000.0)
 BOX_SIZE, EXTRACTION_SIZE, BOX_MARGIN = (128, 128, 128), (256, 256, 256), 0.1
 
 
+def mask_file(brain_mask: str) -> Path | None:
+    """The mask file that a ``--brain-mask auto|none|FILE`` value names; None for the two masking modes."""
+    return None if brain_mask in MASKING_MODES else Path(brain_mask)
+
+
 @dataclass
 class BrainMask:
     """The brain mask a run used (uint8 0/1 on the input grid) and how it was obtained, in words."""

@@ -43,7 +43,7 @@ DEFAULT_BASE_URL = "https://github.com/MedicalAnomalyDetection/SlicerMedicalAnom
 BASE_URL_ENV = "MAD_MODEL_BASE_URL"
 TIMEOUT_S = 30
 CHUNK = 1 << 20
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _INSTALL_HINT = "install it from a file with `mad-detect --install-model PATH`"
 
 
@@ -129,7 +129,7 @@ def write_catalogue(models_dir: Path, bundled: tuple[str, ...] = (), assets: Pat
 
 # Finding and downloading -------------------------------------------------------------------------------------------
 
-def _complete(folder: Path, sha256: str | None) -> bool:
+def is_complete(folder: Path, sha256: str | None) -> bool:
     """Whether ``folder`` holds the card with this sha256 and its weights (written only after they were verified)."""
     try:
         return (folder / WEIGHTS_FILE).exists() and read_card(folder).sha256 == sha256
@@ -137,7 +137,7 @@ def _complete(folder: Path, sha256: str | None) -> bool:
         return False
 
 
-def _intact(folder: Path) -> bool:
+def is_intact(folder: Path) -> bool:
     """Whether ``folder`` holds a card and weights that match it (any version)."""
     try:
         card = read_card(folder)
@@ -154,18 +154,33 @@ def installed_copy(folder: Path, card: ModelCard, progress: ProgressCallback | N
     if entry is None or entry.sha256 != card.sha256 or entry.url is None:
         raise InputError(f"model bundle {card.name} has no {WEIGHTS_FILE} in {folder}")
     target = bundle.user_models_dir() / card.name
-    if target != folder and _complete(target, card.sha256):
+    if target != folder and is_complete(target, card.sha256):
         return target
     try:
         return download(entry, folder / CARD_FILE, progress)
     except InputError as error:
-        if target != folder and _intact(target):
+        if target != folder and is_intact(target):
             log.warning("%s; using the installed version %s of %s", error, read_card(target).version, card.name)
             return target
         raise
 
 
-def _user_dir() -> Path:
+def pending_download(model: str | Path) -> Entry | None:
+    """The catalogue entry of ``model`` when its weights are neither in its bundle folder nor installed in the user
+    model folder yet, so loading it would download them first; None when it loads from local files (or when the
+    catalogue cannot fetch it: loading it then gives :func:`installed_copy`'s error). Reads cards only."""
+    folder = bundle.resolve_bundle_path(model)
+    card = read_card(folder)
+    if card.sha256 is None or (folder / WEIGHTS_FILE).exists():
+        return None
+    entry = read_catalogue().get(card.name)
+    if entry is None or entry.sha256 != card.sha256 or entry.url is None:
+        return None
+    installed = bundle.user_models_dir() / card.name
+    return None if installed != folder and is_complete(installed, card.sha256) else entry
+
+
+def user_dir() -> Path:
     """The user folder, created if missing; an InputError if it cannot be written."""
     folder = bundle.user_models_dir()
     try:
@@ -177,7 +192,7 @@ def _user_dir() -> Path:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """One process at a time (several ranks of a cohort run may fetch the same model); no lock without fcntl."""
     try:
         import fcntl
@@ -192,7 +207,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _swap_in(staging: Path, target: Path) -> None:
+def swap_in(staging: Path, target: Path) -> None:
     """Make the complete ``staging`` folder ``target``, replacing any older version only once the new one is whole."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -206,10 +221,10 @@ def download(entry: Entry, card_path: Path, progress: ProgressCallback | None = 
     """Download ``entry``'s weights into the user folder as ``<name>/`` with a copy of ``card_path``; resumes a
     partial download, checks the sha256 before anything is moved into place."""
     url = entry.url
-    user = _user_dir()
+    user = user_dir()
     target, staging = user / entry.name, user / f".{entry.name}-{entry.version}.download"
-    with _locked(user / f".{entry.name}.lock"):
-        if _complete(target, entry.sha256):  # another process fetched it meanwhile
+    with locked(user / f".{entry.name}.lock"):
+        if is_complete(target, entry.sha256):  # another process fetched it meanwhile
             return target
         staging.mkdir(exist_ok=True)
         for leftover in (staging / CARD_FILE, staging / WEIGHTS_FILE):
@@ -228,7 +243,7 @@ def download(entry: Entry, card_path: Path, progress: ProgressCallback | None = 
                              f"differs from the catalogue's {entry.sha256[:16]}…; {_INSTALL_HINT}")
         os.replace(part, staging / WEIGHTS_FILE)
         shutil.copyfile(card_path, staging / CARD_FILE)
-        _swap_in(staging, target)
+        swap_in(staging, target)
     return target
 
 
@@ -268,148 +283,6 @@ def _fetch(entry: Entry, url: str, part: Path, progress: ProgressCallback | None
     got = part.stat().st_size
     if got < entry.size:
         raise failure(f"the server sent {got} of {entry.size} bytes; run again to resume")
-
-
-# Installing, listing, removing ---------------------------------------------------------------------------------------
-
-def _bundled_folder(name: str) -> Path | None:
-    folder = bundle.bundled_models_dir() / name
-    return folder if (folder / CARD_FILE).exists() else None
-
-
-def install_model(source: str | Path, progress: ProgressCallback | None = None) -> Path:
-    """Install a catalogued model by name (download), a bundle folder (card.json [+ weights.pt]) or a catalogued
-    model's weights file into the user folder; returns the installed folder."""
-    path = Path(source)
-    if path.name == CARD_FILE and path.is_file():
-        path = path.parent
-    if path.is_dir():
-        return _install_folder(path)
-    if path.is_file():
-        return _install_weights(path)
-    name = str(source)
-    entry = read_catalogue().get(name)
-    folder = _bundled_folder(name)
-    if entry is None or folder is None:
-        raise InputError(f"{source} is neither a catalogued model (see `mad-detect --list-models`) nor a file")
-    if entry.url is None:
-        raise InputError(f"{name} ships with the package; there is nothing to install")
-    target = bundle.user_models_dir() / name
-    for installed in (folder, target):
-        if _complete(installed, entry.sha256):
-            raise InputError(f"{name} {entry.version} is installed already ({installed})")
-    return download(entry, folder / CARD_FILE, progress)
-
-
-def _install_folder(folder: Path) -> Path:
-    card = read_card(folder)  # InputError without a readable card
-    if not _NAME.fullmatch(card.name):
-        raise InputError(f"model name {card.name!r} cannot name a folder")
-    if card.sha256 is not None:
-        bundle.load_state_file(_verified_weights(folder, card))
-    _check_name_free(card)
-    return _copy_in(card.name, folder / CARD_FILE, folder / WEIGHTS_FILE if card.sha256 else None)
-
-
-def _verified_weights(folder: Path, card: ModelCard) -> Path:
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise InputError(f"model bundle {card.name} has no {WEIGHTS_FILE} in {folder}")
-    if sha256_of(weights) != card.sha256:
-        raise InputError(f"checksum of {weights} does not match its model card; the file is corrupt or replaced")
-    return weights
-
-
-def _check_name_free(card: ModelCard) -> None:
-    """A bundle may take a catalogued model's name only as that very model (same weights)."""
-    if _bundled_folder(card.name) is None:
-        return
-    entry = read_catalogue().get(card.name)
-    if entry is None or entry.sha256 != card.sha256:
-        raise InputError(f"a different model named {card.name} ships with the package; rename the bundle "
-                         f"(the name in its card.json)")
-    if entry.url is None:
-        raise InputError(f"{card.name} ships with the package already; there is nothing to install")
-
-
-def _install_weights(path: Path) -> Path:
-    digest = sha256_of(path)
-    entry = next((e for e in read_catalogue().values() if e.sha256 == digest), None)
-    if entry is None:
-        raise InputError(f"{path} is not a model bundle: neither a folder with {CARD_FILE} nor the weights of a "
-                         f"catalogued model (its sha256 {digest[:16]}… matches none)")
-    folder = _bundled_folder(entry.name)
-    if entry.url is None or folder is None:
-        raise InputError(f"{path} holds the weights of {entry.name}, which ships with the package already")
-    return _copy_in(entry.name, folder / CARD_FILE, path)
-
-
-def _copy_in(name: str, card_path: Path, weights: Path | None) -> Path:
-    """Copy a verified card (and weights) into the user folder as ``name``, replacing a previous install whole."""
-    user = _user_dir()
-    staging = user / f".{name}.install"
-    with _locked(user / f".{name}.lock"):
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        if weights is not None:
-            shutil.copyfile(weights, staging / WEIGHTS_FILE)
-        shutil.copyfile(card_path, staging / CARD_FILE)
-        _swap_in(staging, user / name)
-    return user / name
-
-
-def remove_model(name: str) -> Path:
-    """Delete a model from the user folder; models that ship with the package cannot be removed."""
-    target = bundle.user_models_dir() / name
-    if _NAME.fullmatch(name) and (target / CARD_FILE).exists():
-        shutil.rmtree(target)
-        return target
-    bundled = _bundled_folder(name) if _NAME.fullmatch(name) else None
-    if bundled is not None:
-        entry = read_catalogue().get(name)
-        if entry is not None and entry.url is not None and not (bundled / WEIGHTS_FILE).exists():
-            raise InputError(f"{name} is not downloaded; nothing to remove")
-        raise InputError(f"{name} ships with the package ({bundled}) and cannot be removed")
-    raise InputError(f"no model {name} in the user model folder {bundle.user_models_dir()}")
-
-
-def model_rows() -> list[dict]:
-    """Every known model (catalogued, bundled or the user's): name, version, modality, method, size, licence and
-    where its weights are, or that they are not downloaded and from where they would be."""
-    catalogue, rows = read_catalogue(), []
-    user = bundle.user_models_dir()
-    for card, folder in bundle.list_models():
-        entry = catalogue.get(card.name)
-        weights = folder / WEIGHTS_FILE
-        if card.sha256 is None or weights.exists():
-            where = str(folder)
-        elif entry is not None and entry.url is not None and _complete(user / card.name, card.sha256):
-            where = str(user / card.name)
-        elif entry is not None and entry.url is not None and _intact(user / card.name):
-            where = f"{user / card.name} (version {read_card(user / card.name).version}; {card.version} not " \
-                    f"downloaded: {entry.url})"
-        elif entry is not None and entry.url is not None:
-            where = f"not downloaded: {entry.url}"
-        else:
-            where = "weights missing"
-        size = entry.size if entry is not None else (weights.stat().st_size if weights.exists() else 0)
-        licence = str(card.licence.get("weights", "unknown"))
-        if card.licence.get("non_commercial"):
-            licence += " [non-commercial]"
-        rows.append({"name": card.name, "version": card.version, "modality": card.modality, "method": card.method,
-                     "size": size, "licence": licence, "where": where})
-    return rows
-
-
-def format_rows(rows: list[dict]) -> str:
-    """``model_rows`` as a table: one line a model, its licence on the next."""
-    lines = [f"{'NAME':<22}{'VERSION':<9}{'MODALITY':<10}{'METHOD':<12}{'SIZE':>9}  WHERE"]
-    for row in rows:
-        size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "-"
-        lines.append(f"{row['name']:<22}{row['version']:<9}{row['modality']:<10}{row['method']:<12}{size:>9}  "
-                     f"{row['where']}")
-        lines.append(f"{'':<22}licence: {row['licence']}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

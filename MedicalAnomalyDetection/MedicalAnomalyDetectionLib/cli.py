@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import catalogue, cohort_command
-from .brain_extraction import MASKING_MODES
+from . import cohort_command, installation
+from .brain_extraction import mask_file
 from .bundle import bundle_folder, load_bundle
 from .errors import InputError
 from .inference import detect
@@ -65,12 +65,12 @@ def _download_progress(fraction: float, stage: str) -> None:
 
 def _manage_models(args: argparse.Namespace) -> int:
     if args.list_models:
-        print(catalogue.format_rows(catalogue.model_rows()))
+        print(installation.format_rows(installation.model_rows()))
     elif args.install_model:
-        folder = catalogue.install_model(args.install_model, progress=_download_progress)
+        folder = installation.install_model(args.install_model, progress=_download_progress)
         print(f"installed {folder.name} in {folder}")
     else:
-        print(f"removed {catalogue.remove_model(args.remove_model)}")
+        print(f"removed {installation.remove_model(args.remove_model)}")
     return 0
 
 
@@ -84,11 +84,11 @@ def _check_output_dir(folder: Path, inputs: tuple[Path, ...]) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Do what the command line asks; returns the report written to report.json."""
-    mask_file = args.brain_mask if args.brain_mask not in MASKING_MODES else None
-    inputs = tuple(Path(p) for p in (args.input, mask_file) if p)
+    given = mask_file(args.brain_mask)
+    inputs = tuple(Path(p) for p in (args.input, given) if p)
     bundle = load_bundle(args.model)
     image = read_volume(args.input, args.series)
-    mask = read_volume(mask_file) if mask_file else None
+    mask = read_volume(given) if given else None
     _check_output_dir(args.output_dir, inputs)
     warnings = [w for w in (modality_warning(Path(args.input).name, bundle.card.modality),) if w]
     for warning in warnings:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
 
     result = detect(image, bundle, brain_mask=mask, device=args.device, threshold=args.threshold,
                     batch_size=args.batch_size, progress=progress,
-                    masking=args.brain_mask if mask_file is None else "auto", operating=args.operating_point)
+                    masking=args.brain_mask if given is None else "auto", operating=args.operating_point)
     print(file=sys.stderr)
     report = detection_report(result, bundle, args.input, warnings)
     write_detection(result, report, OutputPaths(args.output_dir), inputs)

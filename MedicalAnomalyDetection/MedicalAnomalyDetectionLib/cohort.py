@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from .brain_extraction import MASKING_MODES
+from .brain_extraction import mask_file
 from .bundle import Bundle
 from .errors import InputError
 from .inference import StagedVolume, score_staged, stage_volume
@@ -45,7 +45,8 @@ class CohortItem:
     @property
     def inputs(self) -> tuple[Path, ...]:
         """The files this volume reads (outputs must never overwrite them)."""
-        return (self.input,) if self.brain_mask in MASKING_MODES else (self.input, Path(self.brain_mask))
+        given = mask_file(self.brain_mask)
+        return (self.input,) if given is None else (self.input, given)
 
 
 @dataclass
@@ -208,8 +209,8 @@ def ahead(items: Iterable[T], work: Callable[[T], S], depth: int) -> Iterator[tu
 
 def _stage(item: CohortItem, bundle: Bundle, method: AnomalyMethod) -> StagedVolume:
     image = read_volume(item.input)
-    given = item.brain_mask not in MASKING_MODES
-    mask = read_volume(item.brain_mask) if given else None
+    given = mask_file(item.brain_mask)
+    mask = read_volume(given) if given else None
     return stage_volume(image, bundle, mask, method.device, "auto" if given else item.brain_mask)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .bids import PIPELINE, SUFFIX_FOR_MODALITY, derivative_outputs, find_images, sidecar_fields, \
     write_dataset_description
-from .brain_extraction import MASKING_MODES
+from .brain_extraction import mask_file
 from .bundle import Bundle, load_bundle
 from .cohort import CohortItem, Row, check_unique, cohort_summary, is_cohort_source, items_from_inputs, run_cohort, \
     write_table
@@ -49,7 +49,7 @@ def _items(args: argparse.Namespace, bundle: Bundle) -> tuple[list[CohortItem], 
     masking = args.brain_mask
     if args.series is not None:
         raise InputError("--series picks the DICOM series of one input; a cohort takes volume files, folders or CSVs")
-    if masking not in MASKING_MODES:
+    if mask_file(masking) is not None:
         raise InputError("--brain-mask FILE names one volume's mask; give a cohort's masks in a CSV "
                          "(input,brain_mask[,output_dir]) or use --brain-mask auto|none")
     if args.bids is None:

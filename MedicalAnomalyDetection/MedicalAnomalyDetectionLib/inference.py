@@ -17,7 +17,7 @@ from .methods import AnomalyMethod, build_method
 from .methods.runtime import choose_device
 from .operating_point import PER_SCAN, OperatingPoint, check_threshold, operating_point
 from .pipeline import score_volume
-from .preprocessing import PreparedVolume, prepare_volume, to_input_grid
+from .preprocessing import PreparedVolume, prepare_validated, to_input_grid
 from .progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
 from .volume_io import validate_volume
 
@@ -86,7 +86,7 @@ def stage_volume(image: sitk.Image, bundle: Bundle, brain_mask: sitk.Image | Non
     brain = brain_mask_for(image, brain_mask, masking, device)
     check_cancel(cancel)
     report(0.5, "preparing volume")
-    prepared = prepare_volume(image, bundle.card.preprocessing, brain.mask)
+    prepared = prepare_validated(image, bundle.card.preprocessing, brain.mask)
     return StagedVolume(prepared=prepared, brain=brain, device=device, seconds=time.perf_counter() - started,
                         warnings=warnings)
 

@@ -114,13 +114,19 @@ def _slice_indices(image: sitk.Image, grid: sitk.Image) -> tuple[int, np.ndarray
 
 def prepare_volume(image: sitk.Image, pre: Preprocessing, brain_mask: sitk.Image | None = None,
                    labels: tuple[sitk.Image, ...] = ()) -> PreparedVolume:
-    """Validate ``image`` and turn it into normalised model-plane slices; ``image`` itself is left untouched.
-
-    The mask (``brain_mask`` or, without one, :func:`foreground_mask`) sets the intensity statistics, zeroes what
-    lies outside it and centres the in-plane field of view. ``labels`` (same grid as ``image``) are resampled along.
-    """
+    """Validate ``image`` (and ``brain_mask``) and turn it into normalised model-plane slices; ``image`` itself is
+    left untouched. The mask (``brain_mask`` or, without one, :func:`foreground_mask`) sets the intensity statistics,
+    zeroes what lies outside it and centres the in-plane field of view. ``labels`` (same grid as ``image``) are
+    resampled along."""
     image = validate_volume(image)
     mask = foreground_mask(image) if brain_mask is None else validate_mask(brain_mask, image)
+    return prepare_validated(image, pre, mask, labels)
+
+
+def prepare_validated(image: sitk.Image, pre: Preprocessing, mask: sitk.Image,
+                      labels: tuple[sitk.Image, ...] = ()) -> PreparedVolume:
+    """:func:`prepare_volume` of a volume and brain mask that were validated already (the detect path validates
+    each once, when it reads and masks the volume)."""
     array = sitk.GetArrayViewFromImage(image)
     offset, scale = normalise_intensities(array[sitk.GetArrayViewFromImage(mask) > 0], pre.normalisation)
 

@@ -25,7 +25,8 @@ class PatchRanking(DictSerialisable):
     that keeps only the listed ranks (``weights`` (1.1, 1.0), ``rest_weight`` 0: a top-2 score) is the ablation
     "top-2 ranking". With ranking off (the Table 2 ablation) every patch weighs 1: the plain sum.
     ``diffuse_normalisation`` divides by the slice's median patch loss plus ``floor`` (the diffuse error), which
-    removes the slice-position confound of reconstruction error (see ../shared/data/README.md).
+    removes the slice-position confound of reconstruction error (slice position alone scores slice AUROC 0.73-0.85 on
+    our test sets: the position-only rows of the README's comparison).
     """
 
     patch: int = 32

@@ -15,7 +15,7 @@ other outputs, one row per region, with the centroid in LPS (the core's columns)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,19 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES, deepbet_weights, looks_skull_stripped
-from MedicalAnomalyDetectionLib.bundle import (WEIGHTS_FILE, Bundle, load_bundle, read_card, resolve_bundle_path,
-                                               user_models_dir)
-from MedicalAnomalyDetectionLib.catalogue import Entry, read_catalogue
+from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES
+from MedicalAnomalyDetectionLib.bundle import load_bundle, read_card, resolve_bundle_path, user_models_dir
+from MedicalAnomalyDetectionLib.catalogue import pending_download
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
+from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference
 from MedicalAnomalyDetectionLib.findings import COLUMNS as FINDINGS_COLUMNS, Region, find_regions
-from MedicalAnomalyDetectionLib.inference import Detection, detect, label_from_map
+from MedicalAnomalyDetectionLib.inference import Detection, label_from_map
 from MedicalAnomalyDetectionLib.operating_point import GIVEN
-from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback, check_cancel
+from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback
 
 from .conversion import imageFromVolume, maskFromNode, updateVolumeFromImage
 from .display import showHeatMap, showLabelMap
+from .jobs import DetectionJob, FitJob
 from .modality import modalityWarning
 
 log = logging.getLogger(__name__)
@@ -50,93 +50,6 @@ SLICE_COLUMN, SCORE_COLUMN, VOXELS_COLUMN = "slice", "score", "anomalous voxels"
 # The findings table: the core's columns (centroid in LPS), then the centroid's R and A (R = -L, A = -P; S is S).
 FINDINGS_RAS_COLUMNS = ("centroid_r_mm", "centroid_a_mm")
 _FINDINGS_INTEGERS = ("id", "voxels", "first_slice", "last_slice")
-
-
-def pendingDownload(model: str | Path) -> Entry | None:
-    """The catalogue entry of ``model`` when its weights are neither in its bundle folder nor installed in the user
-    model folder yet, so running it would download them first; None when it can run from local files (or when the
-    catalogue cannot fetch it: loading it then gives the core's own error). Reads cards only."""
-    folder = resolve_bundle_path(model)
-    card = read_card(folder)
-    if card.sha256 is None or (folder / WEIGHTS_FILE).exists():
-        return None
-    entry = read_catalogue().get(card.name)
-    if entry is None or entry.sha256 != card.sha256 or entry.url is None:
-        return None
-    installed = user_models_dir() / card.name
-    try:
-        if installed != folder and (installed / WEIGHTS_FILE).exists() and read_card(installed).sha256 == card.sha256:
-            return None
-    except InputError:
-        pass
-    return entry
-
-
-@dataclass
-class DetectionJob:
-    """Everything one detection needs, already converted away from MRML; :meth:`run` is safe on a worker thread."""
-
-    inputVolume: slicer.vtkMRMLScalarVolumeNode
-    image: sitk.Image
-    mask: sitk.Image | None
-    bundle: Bundle | None  # None until :meth:`run` has downloaded the weights (see ``download``)
-    device: str
-    threshold: float | None
-    maskNode: slicer.vtkMRMLNode | None = None
-    masking: str = "auto"
-    warnings: list[str] = field(default_factory=list)
-    model: str | Path | None = None  # the name or folder the bundle is loaded from
-    download: Entry | None = None  # a catalogued model whose weights :meth:`run` downloads first (ask the user!)
-
-    @property
-    def needsBrainExtraction(self) -> bool:
-        """True when the run will extract the brain (no mask, a skull-on input) and deepbet is not installed."""
-        return (self.mask is None and self.masking == "auto" and deepbet_weights() is None
-                and not looks_skull_stripped(self.image))
-
-    def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Detection:
-        """Run the core (downloading the model's weights first if needed); raises ``Cancelled`` when ``cancel()``
-        turns True and ``InputError`` for unusable input or a failed download."""
-        if self.bundle is None:
-            self.bundle = self._loadBundle(progress, cancel)
-        return detect(self.image, self.bundle, brain_mask=self.mask, device=self.device, threshold=self.threshold,
-                      progress=progress, cancel=cancel, masking=self.masking)
-
-    def _loadBundle(self, progress: ProgressCallback | None, cancel: CancelCallback | None) -> Bundle:
-        """The bundle, its weights downloaded by the core into the user model folder; a cancel stops the transfer
-        at its next chunk. The core stages a download in a hidden folder and moves the model into place only once
-        its sha256 is checked, so a cancelled or failed download installs nothing (the partial file is resumed next
-        time)."""
-        check_cancel(cancel)
-
-        def heard(fraction: float, stage: str) -> None:
-            if progress is not None:
-                progress(fraction, stage)
-            check_cancel(cancel)
-
-        return load_bundle(self.model, progress=heard)
-
-
-@dataclass
-class FitJob:
-    """A few-shot fit of PathoSCOPE to reference volumes copied out of MRML; :meth:`run` is safe on a worker thread
-    and writes only the new bundle folder."""
-
-    references: list[Reference]
-    name: str
-    modality: str
-    modelsDir: Path
-    backbone: Path | None = None
-    textureDir: Path | None = None
-    options: dict = field(default_factory=dict)  # preprocessing, settings, config of fit_references
-    warnings: list[str] = field(default_factory=list)
-
-    def run(self, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> FittedModel:
-        """Fit and save; raises ``Cancelled`` (nothing saved) or ``InputError`` for unusable references."""
-        fitted = fit_references(self.references, self.name, self.modelsDir, self.modality, backbone=self.backbone,
-                                texture_dir=self.textureDir, progress=progress, cancel=cancel, **self.options)
-        fitted.warnings = self.warnings + fitted.warnings
-        return fitted
 
 
 @dataclass
@@ -206,7 +119,7 @@ class MedicalAnomalyDetectionLogic:
         if masking not in MASKING_MODES:
             raise InputError(f"masking must be one of {', '.join(MASKING_MODES)}, not {masking!r}")
         card = read_card(resolve_bundle_path(model))
-        download = pendingDownload(model)
+        download = pending_download(model)
         bundle = load_bundle(model) if download is None else None
         image = imageFromVolume(inputVolume)
         if brainMask is None and masking == "auto":

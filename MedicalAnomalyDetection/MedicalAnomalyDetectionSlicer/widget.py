@@ -17,8 +17,7 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from MedicalAnomalyDetectionLib.bundle import CARD_FILE, list_models, read_card, resolve_bundle_path, user_models_dir
-from MedicalAnomalyDetectionLib.catalogue import install_model, model_rows, remove_model
+from MedicalAnomalyDetectionLib.bundle import list_models, read_card, resolve_bundle_path, user_models_dir
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
 
@@ -27,7 +26,9 @@ from .dependencies import ensureDeepbet
 from .display import showInSliceViews
 from .choices import (findingRow, findingsSummary, operatingPointText, parseSliceRange, startingThreshold,
                       thresholdSliderRange)
-from .logic import DetectionJob, DetectionOutputs, MedicalAnomalyDetectionLogic
+from .jobs import DetectionJob
+from .logic import DetectionOutputs, MedicalAnomalyDetectionLogic
+from .models_section import ModelsSection
 from .parameters import DEVICES, MedicalAnomalyDetectionParameterNode, parameterNode
 from .tasks import TaskRunner, TaskView
 
@@ -36,7 +37,7 @@ POLL_MS = 100
 RELABEL_DELAY_MS = 150
 
 
-class MedicalAnomalyDetectionPanel(VTKObservationMixin):
+class MedicalAnomalyDetectionPanel(ModelsSection, VTKObservationMixin):
     """Builds the panel from ``Resources/UI/MedicalAnomalyDetection.ui`` and drives the logic; ``widget`` is the
     Qt widget the module adds to its layout."""
 
@@ -342,91 +343,6 @@ class MedicalAnomalyDetectionPanel(VTKObservationMixin):
                  "somewhat more flagged on new scans; calibrate on healthy validation scans when you can.",
                  *fitted.warnings]
         self.ui.fitStatusLabel.text = "\n".join(lines)
-
-    # Models: list, install, remove ------------------------------------------------------------------------------------
-
-    def _fillModelsTable(self) -> None:
-        """The catalogue and the user's models: name, version, modality, size, licence, where the weights are."""
-        table = self.ui.modelsTable
-        try:
-            rows = model_rows()
-        except InputError as error:
-            rows = []
-            self.ui.modelsStatusLabel.text = str(error)
-        self._modelRows = rows
-        table.clearContents()
-        table.setRowCount(len(rows))
-        for row, model in enumerate(rows):
-            size = f"{model['size'] / 1e6:.3g} MB" if model["size"] else "-"
-            texts = (model["name"], model["version"], model["modality"].upper(), size, model["licence"],
-                     model["where"])
-            for column, text in enumerate(texts):
-                item = qt.QTableWidgetItem(text)
-                item.setToolTip(text)
-                table.setItem(row, column, item)
-        self._updateModelButtons()
-
-    def _selectedModelRow(self) -> dict | None:
-        items = self.ui.modelsTable.selectedItems()
-        row = items[0].row() if items else -1
-        return self._modelRows[row] if 0 <= row < len(self._modelRows) else None
-
-    def _selectedModelName(self) -> str | None:
-        row = self._selectedModelRow()
-        return row["name"] if row is not None else None
-
-    @staticmethod
-    def _removable(name: str) -> bool:
-        """Only models in the user's folder (fitted, installed or downloaded) can be removed, not the bundled ones."""
-        return (user_models_dir() / name / CARD_FILE).exists()
-
-    def _updateModelButtons(self) -> None:
-        """Remove only for a selected model of the user's folder; neither button while a task runs."""
-        selected = self._selectedModelRow()
-        busy = self.tasks.busy
-        removable = selected is not None and self._removable(selected["name"])
-        self.ui.removeModelButton.enabled = removable and not busy
-        self.ui.installModelButton.enabled = not busy
-        if busy:
-            tip = "Wait until the running task has finished"
-        elif removable:
-            tip = f"Delete {selected['name']} from {user_models_dir()}"
-        elif selected is not None and selected["where"].startswith("not downloaded"):
-            tip = f"{selected['name']} is not downloaded; nothing to remove"
-        elif selected is not None:
-            tip = f"{selected['name']} ships with the extension and cannot be removed"
-        else:
-            tip = "Select a model in your model folder to delete it"
-        self.ui.removeModelButton.toolTip = tip
-
-    def _removeModel(self) -> None:
-        name = self._selectedModelName()
-        if name is None or not self._removable(name) or self.tasks.busy:
-            return
-        if not slicer.util.confirmOkCancelDisplay(f"Delete model {name} from {user_models_dir()}?",
-                                                  windowTitle="Remove model"):
-            return
-        try:
-            folder = remove_model(name)
-        except InputError as error:
-            slicer.util.errorDisplay(str(error))
-            return
-        self._modelsChanged()
-        self.ui.modelsStatusLabel.text = f"Removed {name} ({folder})."
-
-    def _installModel(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(
-            self.widget, "Install a model: a bundle's card.json (weights.pt beside it) or a catalogued model's weights",
-            "", "Model bundle or weights (card.json *.pt);;All files (*)")
-        if not path:
-            return
-        try:
-            folder = install_model(path)
-        except InputError as error:
-            slicer.util.errorDisplay(f"Cannot install {path}: {error}")
-            return
-        self._modelsChanged(folder.name)
-        self.ui.modelsStatusLabel.text = f"Installed {folder.name} in {folder}; it is selected for Detect."
 
     def _modelsChanged(self, select: str | None = None) -> None:
         """Refill the model list and the table; select ``select``, else keep the chosen model (the first one when

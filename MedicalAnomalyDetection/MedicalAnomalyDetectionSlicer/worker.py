@@ -1,5 +1,5 @@
-"""Running a long job of the logic (a :class:`~MedicalAnomalyDetectionSlicer.logic.DetectionJob` or a
-:class:`~MedicalAnomalyDetectionSlicer.logic.FitJob`) on a Python thread.
+"""Running a long job of the logic (a :class:`~MedicalAnomalyDetectionSlicer.jobs.DetectionJob` or a
+:class:`~MedicalAnomalyDetectionSlicer.jobs.FitJob`) on a Python thread.
 
 Why a thread and not a ``qt.QProcess`` running ``python -m MedicalAnomalyDetectionLib``: the core's ``detect()`` and ``fit_references()`` take
 ``progress`` and ``cancel`` callables, torch releases the GIL in its kernels so Slicer's event loop keeps running, and

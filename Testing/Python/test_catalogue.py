@@ -18,8 +18,8 @@ import torch
 from MedicalAnomalyDetectionLib import catalogue, cli
 from MedicalAnomalyDetectionLib.bundle import CARD_FILE, WEIGHTS_FILE, bundle_folder, load_bundle, read_card, \
     save_bundle, sha256_of
-from MedicalAnomalyDetectionLib.catalogue import CATALOGUE_FILE, install_model, read_catalogue, remove_model, \
-    write_catalogue
+from MedicalAnomalyDetectionLib.catalogue import CATALOGUE_FILE, read_catalogue, write_catalogue
+from MedicalAnomalyDetectionLib.installation import install_model, remove_model
 from MedicalAnomalyDetectionLib.errors import InputError
 
 from conftest import tiny_card

@@ -25,11 +25,12 @@ from MedicalAnomalyDetectionLib.errors import InputError  # noqa: E402
 from MedicalAnomalyDetectionLib.findings import COLUMNS as FINDINGS_COLUMNS, find_regions  # noqa: E402
 from MedicalAnomalyDetectionLib.inference import detect, label_from_map  # noqa: E402
 from MedicalAnomalyDetectionLib.modality import described_modalities  # noqa: E402
+from MedicalAnomalyDetectionLib.catalogue import pending_download  # noqa: E402
 from MedicalAnomalyDetectionLib.progress import Cancelled  # noqa: E402
 from MedicalAnomalyDetectionSlicer.conversion import LPS_FROM_RAS, imageFromVolume, maskFromNode  # noqa: E402
 from MedicalAnomalyDetectionSlicer.logic import (FINDINGS_RAS_COLUMNS, REFERENCE_ROLES,  # noqa: E402
                                                  MedicalAnomalyDetectionLogic, SCORE_COLUMN, SLICE_COLUMN,
-                                                 VOXELS_COLUMN, pendingDownload)
+                                                 VOXELS_COLUMN)
 from MedicalAnomalyDetectionSlicer.worker import Worker  # noqa: E402
 
 # An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
@@ -566,7 +567,7 @@ def test_prepare_does_not_download_and_the_job_does(scene, volume, tiny_bundle_d
 
     job = logic.prepare(volume, "tiny", device="cpu")  # nothing can leave the machine: prepare does not try
     entry = job.download
-    assert job.bundle is None and entry is not None and pendingDownload("tiny") == entry
+    assert job.bundle is None and entry is not None and pending_download("tiny") == entry
     assert (entry.name, entry.size) == ("tiny", len(weights)) and entry.url.endswith("/tiny-test.pt")
     assert not user.exists() and node_ids(scene) == ids
     with pytest.raises(InputError, match=r"^could not download model tiny from http://127\.0\.0\.1:\d+/tiny-test\.pt: "
@@ -589,6 +590,6 @@ def test_prepare_does_not_download_and_the_job_does(scene, volume, tiny_bundle_d
         outputs = logic.apply(worker.job, worker.result)
     assert (user / "tiny" / WEIGHTS_FILE).read_bytes() == weights and outputs.model == "tiny"
     assert server.requests == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked, not fetched again
-    assert pendingDownload("tiny") is None
+    assert pending_download("tiny") is None
     job = logic.prepare(volume, "tiny", device="cpu")
     assert job.download is None and job.bundle.path == user / "tiny"

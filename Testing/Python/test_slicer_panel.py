@@ -29,7 +29,7 @@ from PySide6 import QtTest  # noqa: E402
 from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids, slice_view  # noqa: E402
 from test_slicer_logic import closed_port, release, two_lesions, weights_server  # noqa: E402
 
-from MedicalAnomalyDetectionLib import catalogue  # noqa: E402
+from MedicalAnomalyDetectionLib import catalogue, installation  # noqa: E402
 from MedicalAnomalyDetectionLib.bundle import load_bundle, save_bundle  # noqa: E402
 from MedicalAnomalyDetectionLib.card import Preprocessing  # noqa: E402
 from MedicalAnomalyDetectionLib.findings import find_regions  # noqa: E402
@@ -39,7 +39,8 @@ from MedicalAnomalyDetectionSlicer.conversion import imageFromVolume  # noqa: E4
 from MedicalAnomalyDetectionSlicer.logic import SLICE_COLUMN, VOXELS_COLUMN  # noqa: E402
 
 # Imported anew inside every test (they import qt, ctk or the parameter node wrapper), and dropped afterwards.
-FRESH = ("MedicalAnomalyDetection", "MedicalAnomalyDetectionSlicer.widget", "MedicalAnomalyDetectionSlicer.parameters",
+FRESH = ("MedicalAnomalyDetection", "MedicalAnomalyDetectionSlicer.widget",
+         "MedicalAnomalyDetectionSlicer.models_section", "MedicalAnomalyDetectionSlicer.parameters",
          "MedicalAnomalyDetectionSlicer.dependencies", "MedicalAnomalyDetectionSlicer.sample_data")
 LPS_AXES = np.diag([-1.0, -1.0, 1.0])
 ORIGIN_RAS = (90.0, 120.0, -30.0)
@@ -149,10 +150,10 @@ def _tiny_fits(monkeypatch) -> None:
     """The panel's own fit, at the sizes the core's tests use (the default fit takes minutes)."""
     from test_pathoscope import TINY_PATHOSCOPE, TINY_SETTINGS
 
-    import MedicalAnomalyDetectionSlicer.logic as logic_module
+    import MedicalAnomalyDetectionSlicer.jobs as jobs_module
 
-    monkeypatch.setattr(logic_module, "fit_references", functools.partial(
-        logic_module.fit_references, pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE))
+    monkeypatch.setattr(jobs_module, "fit_references", functools.partial(
+        jobs_module.fit_references, pre=TINY_PRE, settings=TINY_SETTINGS, config=TINY_PATHOSCOPE))
 
 
 class Gate:
@@ -444,7 +445,7 @@ def test_the_models_section_lists_installs_and_removes_models(app, scene, volume
     ui.modelsCollapsibleButton.click()
     table = ui.modelsTable
     assert table.visible
-    rows = catalogue.model_rows()  # what the catalogue of these folders says
+    rows = installation.model_rows()  # what the catalogue of these folders says
     size = f"{len(catalogued['weights']) / 1e6:.3g} MB"
     assert _rows(table) == [[row["name"], row["version"], row["modality"].upper(),
                              f"{row['size'] / 1e6:.3g} MB" if row["size"] else "-", row["licence"], row["where"]]

@@ -1,4 +1,5 @@
-"""Patch-GAN with targeted patch ranking (Chen et al., AAAI 2025; ../shared/papers/patchgan-targeted-patch-ranking.txt).
+"""Patch-GAN with targeted patch ranking (Chen, Yang et al., "Unsupervised Patch-GAN with Targeted Patch Ranking for
+Fine-Grained Novelty Detection in Medical Imaging", AAAI 2025).
 
 What the paper fixes, and what we chose where it is silent (the model card repeats the chosen values):
 

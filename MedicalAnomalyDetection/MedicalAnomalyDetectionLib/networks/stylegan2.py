@@ -1,6 +1,6 @@
-"""StyleGAN2 (Karras et al., CVPR 2020) in plain PyTorch, for SCRPS (Wei et al., MICCAI 2025;
-../shared/papers/scrps-stylegan-latent-retrieval.txt): the one definition of the networks, used by training and by
-inference (GAN inversion into W+).
+"""StyleGAN2 (Karras et al., CVPR 2020) in plain PyTorch, for SCRPS (Wei et al., "StyleGAN-based Brain MRI Anomaly
+Detection via Latent Code Retrieval and Partial Swap", MICCAI 2025): the one definition of the networks, used by
+training and by inference (GAN inversion into W+).
 
 What follows StyleGAN2 and what we chose:
 

@@ -1,10 +1,10 @@
-"""SCRPS (Wei et al., MICCAI 2025; ../shared/papers/scrps-stylegan-latent-retrieval.txt): StyleGAN latent-code
-retrieval and partial swap. A test slice is inverted into W+ (Eq. 1), its codes are matched against a repository of
+"""SCRPS (Wei et al., "StyleGAN-based Brain MRI Anomaly Detection via Latent Code Retrieval and Partial Swap", MICCAI
+2025): StyleGAN latent-code retrieval and partial swap. A test slice is inverted into W+ (Eq. 1), its codes are matched against a repository of
 healthy codes (coarse on the first L1 codes, fine on the rest, Eqs. 3-4), the retrieved codes are combined with
 similarity weights, the codes from layer L2 on are swapped for that combination (Eq. 5), and the generator's image of
 the swapped codes is compared with the slice by a normalised perceptual score.
 
-What follows the paper, and what we chose where it is silent or where this machine forced a choice:
+What follows the paper, and what we chose where it is silent or where training on a CPU forced a choice:
 
 * **Inversion** (Eq. 1): Adam on the W+ codes, loss = perceptual (Eq. 2: sum over feature taps of the squared
   feature difference over the tap's pixel count, with the features of the paper's reference [31], LPIPS:
