@@ -12,7 +12,7 @@ import slicer
 from MedicalAnomalyDetectionLib.brain_extraction import deepbet_weights, looks_skull_stripped
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.catalogue import Entry
-from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference, fit_references
+from MedicalAnomalyDetectionLib.references import FittedModel, Reference, fit_references
 from MedicalAnomalyDetectionLib.inference import Detection, detect
 from MedicalAnomalyDetectionLib.progress import CancelCallback, ProgressCallback, check_cancel
 

@@ -27,7 +27,7 @@ from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES
 from MedicalAnomalyDetectionLib.bundle import load_bundle, read_card, resolve_bundle_path, user_models_dir
 from MedicalAnomalyDetectionLib.catalogue import pending_download
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.fewshot.references import FittedModel, Reference
+from MedicalAnomalyDetectionLib.references import FittedModel, Reference
 from MedicalAnomalyDetectionLib.findings import COLUMNS as FINDINGS_COLUMNS, Region, find_regions
 from MedicalAnomalyDetectionLib.inference import Detection, label_from_map
 from MedicalAnomalyDetectionLib.operating_point import GIVEN

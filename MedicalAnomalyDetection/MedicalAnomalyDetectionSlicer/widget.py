@@ -19,7 +19,7 @@ from slicer.util import VTKObservationMixin
 
 from MedicalAnomalyDetectionLib.bundle import list_models, read_card, resolve_bundle_path, user_models_dir
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.fewshot.references import FittedModel
+from MedicalAnomalyDetectionLib.references import FittedModel
 
 from . import resourcePath
 from .dependencies import ensureDeepbet

@@ -18,13 +18,13 @@ from conftest import TINY_PRE, head_array, make_image
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
 from MedicalAnomalyDetectionLib.card import ModelCard
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.fewshot.coreset import greedy_coreset
-from MedicalAnomalyDetectionLib.fewshot.fit import (PAPER_TYPICAL_DISTANCE, TYPICAL_DISTANCE, FewShotSettings,
+from MedicalAnomalyDetectionLib.methods.pathoscope.coreset import greedy_coreset
+from MedicalAnomalyDetectionLib.methods.pathoscope.fit import (PAPER_TYPICAL_DISTANCE, TYPICAL_DISTANCE, FewShotSettings,
                                                    fit_pathoscope, pieg)
-from MedicalAnomalyDetectionLib.fewshot.losses import local_distance, tritanh
-from MedicalAnomalyDetectionLib.fewshot.references import (Reference, acquisition_plane, fit_references,
+from MedicalAnomalyDetectionLib.methods.pathoscope.losses import local_distance, tritanh
+from MedicalAnomalyDetectionLib.references import (Reference, acquisition_plane, fit_references,
                                                            lesion_warning, reference_slices)
-from MedicalAnomalyDetectionLib.fewshot.synthesis import TextureBank, folder_textures, local_pathology, perlin_mask
+from MedicalAnomalyDetectionLib.methods.pathoscope.synthesis import TextureBank, folder_textures, local_pathology, perlin_mask
 from MedicalAnomalyDetectionLib.inference import detect
 from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.progress import Cancelled

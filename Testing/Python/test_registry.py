@@ -187,3 +187,15 @@ def test_a_fit_is_called_from_python_with_typed_settings(toy_dataset, tmp_path):
     assert (tmp_path / "run" / CHECKPOINT).is_file()
     with pytest.raises(TypeError):
         PatchGANSettings(epochs=1, width=(4, 8))  # a misspelt setting is refused, not ignored
+
+
+def test_learning_from_references_is_asked_of_the_method_through_the_registry(tmp_path):
+    from MedicalAnomalyDetectionLib.references import Reference, fit_references
+
+    assert method_class("pathoscope").min_references == 2 and method_class("intensity").min_references == 0
+    references = [Reference(f"h{i}", make_image(head_array(seed=i))) for i in range(2)]
+    with pytest.raises(InputError, match="method intensity does not learn from reference volumes"):
+        fit_references(references, "x", tmp_path, "flair", method="intensity")
+    with pytest.raises(InputError, match="unknown method 'nope'"):
+        fit_references(references, "x", tmp_path, "flair", method="nope")
+    assert not any(tmp_path.iterdir())  # nothing written

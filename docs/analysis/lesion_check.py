@@ -2,7 +2,7 @@
 on healthy references, and how often on references with lesions, on *validation* data only.
 
 The check runs the modality's bundled intensity baseline at its calibrated threshold and measures the largest
-connected region it flags (``fewshot.references.largest_flagged_region_ml``). Healthy references: the ixi_t1 val
+connected region it flags (``references.largest_flagged_region_ml``). Healthy references: the ixi_t1 val
 subjects (T1, whole volumes) and the lesion-free slices of the lgg_flair val patients (FLAIR; at least one slice
 away from any lesion slice, the training protocol's healthy slices). References with lesions: the lgg_flair val
 patients (gliomas) and the nichart_wmh val subjects (white-matter hyperintensities), whole volumes.
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs fr
 sys.path.insert(0, str(ROOT))
 
 from MedicalAnomalyDetectionLib.bundle import load_bundle
-from MedicalAnomalyDetectionLib.fewshot.references import LESION_WARNING_ML, largest_flagged_region_ml
+from MedicalAnomalyDetectionLib.references import LESION_WARNING_ML, largest_flagged_region_ml
 from MedicalAnomalyDetectionLib.methods import build_method
 from MedicalAnomalyDetectionLib.pipeline import score_volume
 from MedicalAnomalyDetectionLib.preprocessing import prepare_volume

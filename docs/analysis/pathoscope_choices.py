@@ -1,5 +1,5 @@
 """The lgg_flair *validation* numbers behind PathoSCOPE's choices (never test): the embedding scale that the paper's
-step sizes are read in (``fewshot.fit.PAPER_TYPICAL_DISTANCE``) and the default backbone (random initialisation or
+step sizes are read in (``methods.pathoscope.fit.PAPER_TYPICAL_DISTANCE``) and the default backbone (random initialisation or
 the SimCLR trunk of ``python -m training backbone``). Shots are drawn from the lgg_flair train cache.
 
 Run from the repository root: ``python docs/analysis/pathoscope_choices.py CACHE [BACKBONE.pt]``; prints a markdown
@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
 sys.path.insert(0, str(ROOT))
 
-from MedicalAnomalyDetectionLib.fewshot import fit as fit_module
-from MedicalAnomalyDetectionLib.fewshot.fit import FewShotSettings
+from MedicalAnomalyDetectionLib.methods.pathoscope import fit as fit_module
+from MedicalAnomalyDetectionLib.methods.pathoscope.fit import FewShotSettings
 from MedicalAnomalyDetectionLib.methods import build_method
 from training.datasets import load_cases
 from training.evaluation import score_split, summarise

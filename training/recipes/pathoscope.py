@@ -12,7 +12,7 @@ import torch
 
 from MedicalAnomalyDetectionLib.bundle import Bundle
 from MedicalAnomalyDetectionLib.errors import InputError
-from MedicalAnomalyDetectionLib.fewshot.fit import FewShotResult, FewShotSettings, fit_pathoscope
+from MedicalAnomalyDetectionLib.methods.pathoscope.fit import FewShotResult, FewShotSettings, fit_pathoscope
 from MedicalAnomalyDetectionLib.networks.resnet18 import load_resnet18_state
 from MedicalAnomalyDetectionLib.methods.pathoscope import PathoSCOPE, PathoSCOPEConfig
 from MedicalAnomalyDetectionLib.run_record import RunRecord, card_from_run

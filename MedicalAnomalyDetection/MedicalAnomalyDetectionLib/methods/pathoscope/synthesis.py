@@ -20,8 +20,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..augmentation import augment
-from ..errors import InputError
+from ...augmentation import augment
+from ...errors import InputError
 
 PACKAGE_TEXTURES = ("brick.png", "grass.png", "gravel.png")
 TEXTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

@@ -37,25 +37,28 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..augmentation import augment
-from ..errors import InputError
-from ..progress import CancelCallback, ProgressCallback, check_cancel
-from ..networks.resnet18 import FEATURE_CHANNELS
-from ..methods.pathoscope import Adapter, Discriminator, Embedder, PathoSCOPEConfig
-from ..serialise import DictSerialisable
+from ...augmentation import augment
+from ...errors import InputError
+from ...progress import CancelCallback, ProgressCallback, check_cancel
+from ...networks.resnet18 import FEATURE_CHANNELS, load_resnet18_state
+from . import MIN_REFERENCES, Adapter, Discriminator, Embedder, PathoSCOPEConfig
+from ...serialise import DictSerialisable
+from ..base import ReferenceFit
 from .coreset import greedy_coreset
 from .losses import focal_loss, local_distance, nearest_anchor_distance, tritanh
-from .synthesis import TextureBank, local_pathology
+from .synthesis import TextureBank, folder_textures, local_pathology
 
 # Embeddings the coreset is drawn from at most (a random subset beyond that; greedy sampling is O(N * anchors)).
 MAX_CORESET_CANDIDATES = 20000
-MIN_REFERENCES = 2
+# A model fitted to a user's references makes its label maps per scan with the k chosen for the bundled PathoSCOPE on
+# validation data (docs/analysis/per_scan_threshold.md).
+REFERENCE_PER_SCAN_K = 2.5
 # Median distance of an augmented healthy embedding to its nearest anchor after scaling (see the module docstring).
 TYPICAL_DISTANCE = 1.0
 # The distance the paper's eta and noise are measured against: they are multiplied by TYPICAL / PAPER_TYPICAL.
@@ -245,3 +248,26 @@ def fit_pathoscope(slices: torch.Tensor, masks: torch.Tensor, reference_ids: lis
               "texture_sources": textures.sources, "seconds": round(time.perf_counter() - started, 1),
               "final_losses": {k: round(sum(h.get(k, 0.0) for h in tail) / len(tail), 4) for k in history[-1]}}
     return FewShotResult(state_dict=state, record=record)
+
+
+def check_fit_options(backbone: Path | None = None, texture_dir: Path | None = None, **settings) -> None:
+    """Refuse a backbone file or texture folder that cannot be used, before any reference is read."""
+    if backbone is not None:
+        load_resnet18_state(backbone)
+    if texture_dir is not None:
+        folder_textures(texture_dir)
+
+
+def fit_to_references(slices: torch.Tensor, masks: torch.Tensor, reference_ids: list[str],
+                      progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
+                      settings: FewShotSettings = FewShotSettings(), config: PathoSCOPEConfig = PathoSCOPEConfig(),
+                      backbone: Path | None = None, texture_dir: Path | None = None) -> ReferenceFit:
+    """PathoSCOPE's :meth:`~..base.AnomalyMethod.fit_references`: :func:`fit_pathoscope` with a user's backbone
+    file (default: the trunk's random initialisation, seeded) and texture folder."""
+    config = replace(config, backbone=Path(backbone).name if backbone else f"random (seed {settings.seed})")
+    result = fit_pathoscope(slices, masks, reference_ids, config, settings,
+                            backbone_state=load_resnet18_state(backbone) if backbone is not None else None,
+                            texture_dir=texture_dir, progress=progress, cancel=cancel)
+    return ReferenceFit(state_dict=result.state_dict, hyperparameters={**config.to_dict(), "fit": settings.to_dict()},
+                        settings=settings.to_dict(), seed=settings.seed, steps=settings.steps, record=result.record,
+                        per_scan_k=REFERENCE_PER_SCAN_K)

@@ -1,29 +1,26 @@
-"""Learning normal from a user's own healthy reference volumes: references -> model-grid slices -> few-shot fit ->
-a bundle in the user's model folder. Used by the Slicer panel's "Learn normal from references" (and scriptable)."""
+"""Learning normal from a user's own healthy reference volumes: references -> model-grid slices -> the fit of a
+method that learns from references (``AnomalyMethod.fit_references``, PathoSCOPE's few-shot fit) -> a bundle in the
+user's model folder. Used by the Slicer panel's "Learn normal from references" (and scriptable)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
-from ..card import Preprocessing
-from ..errors import InputError
-from ..methods import build_method
-from ..networks.resnet18 import load_resnet18_state
-from ..methods.pathoscope import PathoSCOPEConfig
-from ..pipeline import score_volume
-from ..preprocessing import PreparedVolume, prepare_volume
-from ..progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
-from ..run_record import RunRecord, card_from_run
-from ..operating_point import PER_SCAN_MEANING
-from ..scoring import PIXEL_FPR, SLICE_FPR, TRAIN_MIN_BRAIN_SHARE, eligible_slices
-from .fit import MIN_REFERENCES, FewShotSettings, fit_pathoscope
-from .synthesis import folder_textures
+from .bundle import CARD_FILE, Bundle, bundled_models_dir, load_bundle, save_bundle
+from .card import Preprocessing
+from .errors import InputError
+from .methods import build_method, method_class
+from .pipeline import score_volume
+from .preprocessing import PreparedVolume, prepare_volume
+from .progress import CancelCallback, ProgressCallback, check_cancel, sub_progress
+from .run_record import RunRecord, card_from_run
+from .operating_point import PER_SCAN_MEANING
+from .scoring import PIXEL_FPR, SLICE_FPR, TRAIN_MIN_BRAIN_SHARE, eligible_slices
 
 # A reference in which the modality's intensity baseline flags a connected region of at least this many mL at its
 # calibrated threshold probably holds a lesion; chosen on healthy and lesioned validation volumes, with its false-alarm
@@ -33,8 +30,7 @@ LESION_WARNING_ML = 10.0
 THICK_SLICE_RATIO = 2.0
 # Without validation scans, thresholds come from the references themselves at scoring.PIXEL_FPR of their brain
 # pixels and scoring.SLICE_FPR of their slices (in-sample, so on new healthy scans somewhat more is flagged); label
-# maps are made per scan with the k chosen for the bundled PathoSCOPE on validation (docs/analysis/per_scan_threshold.md).
-PER_SCAN_K = 2.5
+# maps are made per scan with the k the method's fit says (ReferenceFit.per_scan_k).
 
 
 @dataclass(frozen=True)
@@ -120,7 +116,8 @@ def reference_slices(reference: Reference, pre: Preprocessing) -> tuple[Prepared
     return prepared, keep
 
 
-def reference_thresholds(bundle: Bundle, references: list[tuple[PreparedVolume, np.ndarray]]) -> dict:
+def reference_thresholds(bundle: Bundle, references: list[tuple[PreparedVolume, np.ndarray]],
+                         per_scan_k: float) -> dict:
     """Pixel and slice thresholds at PIXEL_FPR / SLICE_FPR of the fitted model's maps on the references' training
     slices, each reference scored as ``detect`` scores a volume (``pipeline.score_volume``: the maps normalised over
     the volume as the card says), so the thresholds are in the units the model's maps will have."""
@@ -132,23 +129,25 @@ def reference_thresholds(bundle: Bundle, references: list[tuple[PreparedVolume, 
         scores.append(scored.slice_scores[keep])
     return {"pixel": float(np.quantile(np.concatenate(pixels), 1.0 - PIXEL_FPR)), "pixel_fpr": PIXEL_FPR,
             "slice": float(np.quantile(np.concatenate(scores), 1.0 - SLICE_FPR)), "slice_fpr": SLICE_FPR,
-            "per_scan_k": PER_SCAN_K, "per_scan_meaning": PER_SCAN_MEANING,
+            "per_scan_k": per_scan_k, "per_scan_meaning": PER_SCAN_MEANING,
             "calibrated_on": "the references themselves (in-sample, model grid); calibrate on healthy validation "
                              "scans with `python -m training calibrate` when you have them"}
 
 
 def fit_references(references: list[Reference], name: str, models_dir: Path, modality: str,
-                   pre: Preprocessing = Preprocessing(), settings: FewShotSettings = FewShotSettings(),
-                   config: PathoSCOPEConfig = PathoSCOPEConfig(), backbone: Path | None = None,
-                   texture_dir: Path | None = None,
-                   progress: ProgressCallback | None = None,
-                   cancel: CancelCallback | None = None) -> FittedModel:
-    """Fit PathoSCOPE to ``references`` and save it as bundle ``name`` in ``models_dir`` (never over an existing
-    model). Names, backbone file, texture folder and slice ranges are checked before the fit; nothing is written
-    unless the fit completes (a cancel, also after training, saves nothing)."""
+                   pre: Preprocessing = Preprocessing(), method: str = "pathoscope",
+                   progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
+                   **options) -> FittedModel:
+    """Fit ``method`` (one that learns from references) to ``references`` and save it as bundle ``name`` in
+    ``models_dir`` (never over an existing model); ``options`` go to its ``fit_references`` (for PathoSCOPE:
+    ``settings``, ``config``, ``backbone``, ``texture_dir``). Names, options and slice ranges are checked before the
+    fit; nothing is written unless the fit completes (a cancel, also after training, saves nothing)."""
     report = progress or (lambda fraction, stage: None)
-    if len(references) < MIN_REFERENCES:
-        raise InputError(f"learning normal needs at least {MIN_REFERENCES} healthy reference volumes; "
+    learner = method_class(method)
+    if learner.min_references == 0:
+        raise InputError(f"method {method} does not learn from reference volumes")
+    if len(references) < learner.min_references:
+        raise InputError(f"learning normal needs at least {learner.min_references} healthy reference volumes; "
                          f"got {len(references)}")
     if len({r.name for r in references}) != len(references):
         raise InputError("the same reference volume was given twice")
@@ -156,10 +155,7 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
         raise InputError(f"model name {name!r} must be a plain folder name")
     folder = Path(models_dir) / name
     _check_new_model(folder)
-    backbone_state = load_resnet18_state(backbone) if backbone is not None else None
-    if texture_dir is not None:
-        folder_textures(texture_dir)
-    config = replace(config, backbone=Path(backbone).name if backbone else f"random (seed {settings.seed})")
+    learner.check_reference_options(**options)
 
     report(0.0, "checking references")
     prepared = [reference_slices(reference, pre) for reference in references]
@@ -167,22 +163,21 @@ def fit_references(references: list[Reference], name: str, models_dir: Path, mod
     masks = [volume.mask[keep] for volume, keep in prepared]
     ids = [reference.name for reference, (_, keep) in zip(references, prepared) for _ in range(int(keep.sum()))]
     warnings = [w for r in references for w in (plane_warning(r, pre.plane), lesion_warning(r, modality)) if w]
-    result = fit_pathoscope(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)), ids,
-                            config, settings, backbone_state=backbone_state, texture_dir=texture_dir,
-                            progress=sub_progress(report, 0.1, 0.95), cancel=cancel)
+    result = learner.fit_references(torch.from_numpy(np.concatenate(slices)), torch.from_numpy(np.concatenate(masks)),
+                                    ids, progress=sub_progress(report, 0.1, 0.95), cancel=cancel, **options)
     names = [r.name for r in references]
-    run = RunRecord(method="pathoscope", config={**config.to_dict(), "fit": settings.to_dict()},
-                    settings=settings.to_dict(),
+    run = RunRecord(method=method, config=result.hyperparameters, settings=result.settings,
                     source={"dataset": "reference volumes", "modality": modality.lower(),
                             "licence": "the user's own reference scans (their terms apply)",
                             "preprocessing": pre.to_dict()},
                     data=f"{len(references)} reference volumes ({', '.join(names)}), {result.record['slices']} slices",
-                    seed=settings.seed, device="cpu", seconds=result.record["seconds"], done=settings.steps,
-                    planned=settings.steps, command="fit_references (Learn normal from references)",
+                    seed=result.seed, device="cpu", seconds=result.record["seconds"], done=result.steps,
+                    planned=result.steps, command="fit_references (Learn normal from references)",
                     losses=[result.record["final_losses"]], references=names,
                     notes={"fit": result.record, "warnings": warnings})
     card = card_from_run(run, name)
-    card.thresholds = reference_thresholds(Bundle(card=card, state_dict=result.state_dict, path=folder), prepared)
+    card.thresholds = reference_thresholds(Bundle(card=card, state_dict=result.state_dict, path=folder), prepared,
+                                           result.per_scan_k)
     check_cancel(cancel)
     report(0.95, "saving the model")
     _check_new_model(folder)  # again: another fit may have taken the name meanwhile

@@ -4,7 +4,7 @@ and a discriminator giving a pathology score per feature location (paper Section
 Inference (this module): slice -> frozen ResNet18 trunk (layer2 + layer3, aggregated, ``backbone.aggregate``) ->
 standardised embedding -> adapter -> discriminator -> sigmoid pathology map on the feature grid, upsampled to the
 model grid, Gaussian-smoothed, kept inside the brain. Slice score = maximum of the map inside the brain (paper 2.1).
-Training (the anchor bank, synthetic pathologies, Tritanh losses and PiEG) is in ``fewshot/``.
+Its fit (the anchor bank, synthetic pathologies, Tritanh losses and PiEG) is in ``fit.py`` beside this file.
 
 Choices the paper leaves open, made here:
 - Backbone: ImageNet weights cannot be downloaded here, so a user's torchvision ResNet18 state dict is loaded when
@@ -16,7 +16,7 @@ Choices the paper leaves open, made here:
 - The model-grid slice (128 x 128) is resized to ``backbone_size`` (256) for the backbone, so layer2 gives a 32 x 32
   feature grid, and repeated to 3 channels after ``(x - input_mean) / input_std``.
 - Each feature channel is standardised with the reference shots' statistics and the vector divided by sqrt(384) (the
-  few-shot fit then rescales it, see ``fewshot.fit``).
+  few-shot fit then rescales it, see ``fit``).
 - Adapter: one linear layer 384 -> 384 initialised to the identity (so adapted embeddings start in the anchor bank's
   space). Discriminator: linear 384 -> ``hidden``, LeakyReLU(0.2), linear -> 1, without batch normalisation (PiEG
   runs it many times per step).
@@ -32,14 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bundle import Bundle
-from ..errors import InputError
-from ..serialise import DictSerialisable
-from ..networks.resnet18 import FEATURE_CHANNELS, ResNet18Trunk, aggregate
-from .base import AnomalyMethod, SliceResult
-from .registry import register
-from .common import load_module
-from .runtime import autocast_for
+from ...bundle import Bundle
+from ...errors import InputError
+from ...serialise import DictSerialisable
+from ...networks.resnet18 import FEATURE_CHANNELS, ResNet18Trunk, aggregate
+from ...progress import CancelCallback, ProgressCallback
+from ..base import AnomalyMethod, ReferenceFit, SliceResult
+from ..registry import register
+from ..common import load_module
+from ..runtime import autocast_for
+
+
+MIN_REFERENCES = 2  # distinct healthy reference volumes a fit needs
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class PathoSCOPE(AnomalyMethod):
     # Its sigmoid maps sit at a level that moves from volume to volume and scanner to scanner: thresholds only
     # transfer in units of the volume's own spread (docs/analysis/operating_points.md).
     map_normalisation: ClassVar[str] = "volume"
+    min_references: ClassVar[int] = MIN_REFERENCES
 
     def __init__(self, config: PathoSCOPEConfig, embedder: Embedder, adapter: Adapter, discriminator: Discriminator,
                  device: torch.device) -> None:
@@ -167,6 +172,22 @@ class PathoSCOPE(AnomalyMethod):
         """(B, H, W) slices -> (B, h, w) pathology logits on the feature grid."""
         embeddings = self.embedder(slices.to(self.device, torch.float32))
         return self.discriminator(self.adapter(embeddings)).float()
+
+    @classmethod
+    def check_reference_options(cls, **options) -> None:
+        from .fit import check_fit_options  # the fit builds on this module
+
+        check_fit_options(**options)
+
+    @classmethod
+    def fit_references(cls, slices: torch.Tensor, masks: torch.Tensor, reference_ids: list[str],
+                       progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
+                       **options) -> ReferenceFit:
+        """Options: ``settings`` (``fit.FewShotSettings``), ``config`` (:class:`PathoSCOPEConfig`), ``backbone``
+        (a torchvision ResNet18 state dict file) and ``texture_dir`` (extra textures for synthetic lesions)."""
+        from .fit import fit_to_references
+
+        return fit_to_references(slices, masks, reference_ids, progress, cancel, **options)
 
     def score(self, slices: torch.Tensor, mask: torch.Tensor) -> SliceResult:
         mask = mask.to(self.device, torch.float32)
