@@ -73,7 +73,9 @@ def _networks(device: str) -> tuple[torch.jit.ScriptModule, torch.jit.ScriptModu
     return tuple(torch.jit.load(str(path), map_location=device).eval() for path in weights)
 
 
-def _foreground(image: sitk.Image) -> np.ndarray:
+def _non_background(image: sitk.Image) -> np.ndarray:
+    """Which voxels differ from the background value: the share a skull-stripped input leaves (not the
+    preprocessing's foreground mask, which is the largest filled component of the head)."""
     array = sitk.GetArrayViewFromImage(image)
     return array != background_value(array)
 
@@ -84,7 +86,7 @@ def _millilitres(voxels: int, image: sitk.Image) -> float:
 
 def looks_skull_stripped(image: sitk.Image) -> bool:
     """True when most voxels hold exactly the background value and the rest is no bigger than a brain."""
-    foreground = _foreground(image)
+    foreground = _non_background(image)
     return (1.0 - foreground.mean() >= STRIPPED_BACKGROUND_SHARE
             and _millilitres(int(foreground.sum()), image) <= STRIPPED_MAX_ML)
 
@@ -169,7 +171,7 @@ def brain_mask_for(image: sitk.Image, given: sitk.Image | None = None, masking: 
                          f"brain extraction needs deepbet ({DEEPBET_INSTALL}); or give a brain mask, or "
                          "choose no masking (a foreground mask, which scalp fat can dominate)")
     mask = extract_brain(image, device)
-    foreground = _foreground(image)
+    foreground = _non_background(image)
     inside = sitk.GetArrayViewFromImage(mask) > 0
     if (inside & foreground).sum() >= STRIPPED_COVERAGE * foreground.sum():
         return BrainMask(foreground_mask(image), "foreground of a skull-stripped input", computed=True)

@@ -1,4 +1,4 @@
-"""SCRPS's recipe (``methods/scrps.py``): a StyleGAN2 trained on healthy slices (``training/stylegan_fit.py``), an
+"""SCRPS's recipe (``methods/scrps/``): a StyleGAN2 trained on healthy slices (``training/stylegan_fit.py``), an
 encoder for amortised inversion, and the healthy latent repository, in three stages:
 
 1. **GAN**: ``--gan DIR`` takes the generator (its EMA copy) and the discriminator of a finished or paused
