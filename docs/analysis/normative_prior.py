@@ -8,19 +8,26 @@ The template is the MNI152 2009a T1 with its GM and WM maps as nilearn's wheel s
     unzip -j /tmp/nl/nilearn-0.14.1-py3-none-any.whl "nilearn/datasets/data/mni_icbm152_*" -d MNI_DIR
 Run from the repository root (a few minutes a step on one CPU thread):
     python docs/analysis/normative_prior.py build MNI_DIR OUT_DIR      # registers lgg_flair train, writes atlas.npz
-    python docs/analysis/normative_prior.py variants MNI_DIR OUT_DIR   # the table of normative_prior.md
+    python docs/analysis/normative_prior.py variants MNI_DIR OUT_DIR   # the first table of normative_prior.md
+    python docs/analysis/normative_prior.py learned-build MNI_DIR OUT_DIR  # the same statistics of the learned map
+    python docs/analysis/normative_prior.py learned MNI_DIR OUT_DIR        # the second table
 """
 
+import functools
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled
 sys.path.insert(0, str(ROOT))
 
+from MedicalAnomalyDetectionLib.bundle import load_bundle
+from MedicalAnomalyDetectionLib.inference import detect
+from MedicalAnomalyDetectionLib.methods import build_method, with_overrides
 from MedicalAnomalyDetectionLib.preprocessing import robust_sd
 from training.datasets import load_cases
 from training.metrics import auroc_ap, best_dice
@@ -168,5 +175,81 @@ def validate_variants() -> None:
                   f"{auroc_ap(y, values)['auroc']:.3f}", flush=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _learned_model() -> tuple:
+    bundle = with_overrides(load_bundle("patchgan-flair"), {"intensity_prior": 0.0})
+    return bundle, build_method(bundle, torch.device("cpu"))
+
+
+def learned_map(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
+    """patchgan-flair's learned map without its intensity prior (the ablation "no intensity prior"), input grid."""
+    bundle, method = _learned_model()
+    return detect(image, bundle, brain_mask=brain, method=method, operating="fixed").anomaly_map
+
+
+def build_learned() -> None:
+    """Per template voxel, the learned map's sums over the lesion-free tissue of lgg_flair train."""
+    fixed, fixed_brain = template()
+    total = np.zeros(sitk.GetArrayViewFromImage(fixed).shape, np.float64)
+    squares, count = np.zeros_like(total), np.zeros_like(total)
+    for case in load_cases(DATA / "lgg_flair", "train", "flair"):
+        image, brain, lesion = read_case(case)
+        transform = register(robust_z(image, brain), brain, fixed, fixed_brain)
+        healthy = brain
+        if lesion is not None:
+            radius = [max(1, int(round(LESION_MARGIN_MM / s))) for s in lesion.GetSpacing()]
+            grown = sitk.BinaryDilate(sitk.Cast(lesion, sitk.sitkUInt8), radius)
+            healthy = sitk.Cast(brain * (1 - grown), sitk.sitkUInt8)
+        values = to_template(learned_map(image, brain), transform, fixed, nearest=False)
+        inside = to_template(healthy, transform, fixed, nearest=True) > 0
+        total[inside] += values[inside]
+        squares[inside] += values[inside] ** 2
+        count[inside] += 1
+        print(case.case_id, flush=True)
+    np.savez_compressed(OUT / "learned_atlas.npz", total=total, squares=squares, count=count)
+
+
+def validate_learned(sigma_vox: float = 2.0) -> None:
+    """The learned map with and without its healthy mean per location, alone and in a geometric mean with z."""
+    from scipy.ndimage import gaussian_filter
+
+    fixed, fixed_brain = template()
+    data = np.load(OUT / "learned_atlas.npz")
+    total, squares, count = (gaussian_filter(data[k], sigma_vox) for k in ("total", "squares", "count"))
+    enough = count >= 4
+    mean = np.where(enough, total / np.maximum(count, 1e-6), 0.0)
+    sd = np.sqrt(np.maximum(np.where(enough, squares / np.maximum(count, 1e-6) - mean ** 2, 1.0), 1e-4))
+    atlas = []
+    for array in (mean, sd):
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.CopyInformation(fixed)
+        atlas.append(image)
+    for dataset in ("lgg_flair", "nichart_wmh"):
+        labels, rows = [], {}
+        for case in load_cases(DATA / dataset, "val", "flair"):
+            image, brain, lesion = read_case(case)
+            z = robust_z(image, brain)
+            inverse = register(z, brain, fixed, fixed_brain).GetInverse()
+            inside = sitk.GetArrayViewFromImage(brain) > 0
+            learned = sitk.GetArrayFromImage(learned_map(image, brain))[inside]
+            mu, sigma = (sitk.GetArrayFromImage(sitk.Resample(a, z, inverse, sitk.sitkLinear, fill))[inside]
+                         for a, fill in zip(atlas, (0.0, 1.0)))
+            zs = np.maximum(sitk.GetArrayFromImage(z)[inside], 0)
+            labels.append(sitk.GetArrayViewFromImage(lesion)[inside] > 0)
+            for name, values in (("robust z", zs), ("learned map", learned),
+                                 ("learned - healthy mean", np.maximum(learned - mu, 0)),
+                                 ("normative learned", np.maximum((learned - mu) / sigma, 0)),
+                                 ("geometric mean of z and learned", np.sqrt(zs * learned)),
+                                 ("geometric mean of z and (learned - healthy mean)",
+                                  np.sqrt(zs * np.maximum(learned - mu, 0)))):
+                rows.setdefault(name, []).append(values)
+        y = np.concatenate(labels)
+        for name, values in rows.items():
+            v = np.concatenate(values)
+            print(f"{dataset} val {name}: ⌈Dice⌉ {best_dice(y, v)[0]:.3f}, voxel AUROC {auroc_ap(y, v)['auroc']:.3f}",
+                  flush=True)
+
+
 if __name__ == "__main__":
-    {"build": build, "variants": validate_variants}[sys.argv[1]]()
+    {"build": build, "variants": validate_variants, "learned-build": build_learned,
+     "learned": validate_learned}[sys.argv[1]]()
