@@ -102,7 +102,9 @@ def read_case(case):
     return image, sitk.Cast(brain, sitk.sitkUInt8), lesion
 
 
-def build() -> None:
+def build_statistics(map_of, file_name: str) -> None:
+    """Per template voxel, the sums (count, sum, sum of squares) of ``map_of(image, brain, z)`` over the lesion-free
+    tissue (lesions grown by LESION_MARGIN_MM) of the lgg_flair train patients, saved as OUT/``file_name``."""
     fixed, fixed_brain = template()
     total = np.zeros(sitk.GetArrayViewFromImage(fixed).shape, np.float64)
     squares, count = np.zeros_like(total), np.zeros_like(total)
@@ -116,25 +118,27 @@ def build() -> None:
             radius = [max(1, int(round(LESION_MARGIN_MM / s))) for s in lesion.GetSpacing()]
             grown = sitk.BinaryDilate(sitk.Cast(lesion, sitk.sitkUInt8), radius)
             healthy = sitk.Cast(brain * (1 - grown), sitk.sitkUInt8)
-        values = to_template(z, transform, fixed, nearest=False)
+        values = to_template(map_of(image, brain, z), transform, fixed, nearest=False)
         inside = to_template(healthy, transform, fixed, nearest=True) > 0
         total[inside] += values[inside]
         squares[inside] += values[inside] ** 2
         count[inside] += 1
         print(f"{case.case_id}: {time.perf_counter() - started:.0f} s", flush=True)
-    np.savez_compressed(OUT / "atlas.npz", total=total, squares=squares, count=count)
+    np.savez_compressed(OUT / file_name, total=total, squares=squares, count=count)
 
 
-def atlas_maps(min_count: int = 8, sigma_vox: float = 1.0) -> tuple[sitk.Image, sitk.Image]:
-    """Mean and SD of healthy robust z per template voxel (Gaussian-pooled; where too few cases: 0 and 1)."""
+def atlas_maps(file_name: str = "atlas.npz", sigma_vox: float = 1.0, sd_floor: float = 0.25,
+               min_cases: float = 4.0) -> tuple[sitk.Image, sitk.Image]:
+    """Mean and SD per template voxel from OUT/``file_name`` (Gaussian-pooled over ``sigma_vox``; SD at least
+    ``sd_floor``; where fewer than ``min_cases`` pooled cases: mean 0 and SD 1)."""
     from scipy.ndimage import gaussian_filter
 
-    data = np.load(OUT / "atlas.npz")
+    data = np.load(OUT / file_name)
     total, squares, count = (gaussian_filter(data[k], sigma_vox) for k in ("total", "squares", "count"))
-    enough = count >= min_count * 0.5
+    enough = count >= min_cases
     mean = np.where(enough, total / np.maximum(count, 1e-6), 0.0)
     var = np.where(enough, squares / np.maximum(count, 1e-6) - mean ** 2, 1.0)
-    sd = np.sqrt(np.maximum(var, 0.25 ** 2))
+    sd = np.sqrt(np.maximum(var, sd_floor ** 2))
     fixed, _ = template()
     images = []
     for array in (mean, sd):
@@ -142,8 +146,6 @@ def atlas_maps(min_count: int = 8, sigma_vox: float = 1.0) -> tuple[sitk.Image, 
         image.CopyInformation(fixed)
         images.append(image)
     return images[0], images[1]
-
-
 
 
 def validate_variants() -> None:
@@ -188,42 +190,14 @@ def learned_map(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
 
 
 def build_learned() -> None:
-    """Per template voxel, the learned map's sums over the lesion-free tissue of lgg_flair train."""
-    fixed, fixed_brain = template()
-    total = np.zeros(sitk.GetArrayViewFromImage(fixed).shape, np.float64)
-    squares, count = np.zeros_like(total), np.zeros_like(total)
-    for case in load_cases(DATA / "lgg_flair", "train", "flair"):
-        image, brain, lesion = read_case(case)
-        transform = register(robust_z(image, brain), brain, fixed, fixed_brain)
-        healthy = brain
-        if lesion is not None:
-            radius = [max(1, int(round(LESION_MARGIN_MM / s))) for s in lesion.GetSpacing()]
-            grown = sitk.BinaryDilate(sitk.Cast(lesion, sitk.sitkUInt8), radius)
-            healthy = sitk.Cast(brain * (1 - grown), sitk.sitkUInt8)
-        values = to_template(learned_map(image, brain), transform, fixed, nearest=False)
-        inside = to_template(healthy, transform, fixed, nearest=True) > 0
-        total[inside] += values[inside]
-        squares[inside] += values[inside] ** 2
-        count[inside] += 1
-        print(case.case_id, flush=True)
-    np.savez_compressed(OUT / "learned_atlas.npz", total=total, squares=squares, count=count)
+    """The learned map's statistics, as :func:`build_statistics` gathers z's."""
+    build_statistics(lambda image, brain, z: learned_map(image, brain), "learned_atlas.npz")
 
 
 def validate_learned(sigma_vox: float = 2.0) -> None:
     """The learned map with and without its healthy mean per location, alone and in a geometric mean with z."""
-    from scipy.ndimage import gaussian_filter
-
     fixed, fixed_brain = template()
-    data = np.load(OUT / "learned_atlas.npz")
-    total, squares, count = (gaussian_filter(data[k], sigma_vox) for k in ("total", "squares", "count"))
-    enough = count >= 4
-    mean = np.where(enough, total / np.maximum(count, 1e-6), 0.0)
-    sd = np.sqrt(np.maximum(np.where(enough, squares / np.maximum(count, 1e-6) - mean ** 2, 1.0), 1e-4))
-    atlas = []
-    for array in (mean, sd):
-        image = sitk.GetImageFromArray(array.astype(np.float32))
-        image.CopyInformation(fixed)
-        atlas.append(image)
+    atlas = atlas_maps("learned_atlas.npz", sigma_vox, sd_floor=0.01)
     for dataset in ("lgg_flair", "nichart_wmh"):
         labels, rows = [], {}
         for case in load_cases(DATA / dataset, "val", "flair"):
@@ -251,5 +225,5 @@ def validate_learned(sigma_vox: float = 2.0) -> None:
 
 
 if __name__ == "__main__":
-    {"build": build, "variants": validate_variants, "learned-build": build_learned,
+    {"build": lambda: build_statistics(lambda image, brain, z: z, "atlas.npz"), "variants": validate_variants, "learned-build": build_learned,
      "learned": validate_learned}[sys.argv[1]]()
