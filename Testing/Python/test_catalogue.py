@@ -6,10 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from MedicalAnomalyDetectionLib.installation import install_model, remove_model
 from MedicalAnomalyDetectionLib.errors import InputError
 
 from conftest import tiny_card
+from weights_server import closed_port, serving
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "Resources" / "Models"
@@ -90,7 +88,7 @@ def test_no_new_large_weights_in_git():
 def test_source_checkout_finds_every_model_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("MAD_MODELS_DIR", raising=False)
     monkeypatch.setenv("MAD_USER_MODELS_DIR", str(tmp_path / "user"))
-    monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{closed_port()}")
     for name in read_catalogue(MODELS):
         assert bundle_folder(name) == MODELS / name
     assert not (tmp_path / "user").exists()
@@ -98,47 +96,10 @@ def test_source_checkout_finds_every_model_offline(tmp_path, monkeypatch):
 
 # Downloads from a local server ---------------------------------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        state = self.server.state
-        state["requests"].append((self.path, self.headers.get("Range")))
-        data = state["files"].get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-        if start >= len(data):
-            self.send_error(416)
-            return
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        self.wfile.write(body if state["truncate"] is None else body[:state["truncate"]])
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    """A threaded HTTP server on 127.0.0.1 serving ``state["files"]`` (path -> bytes), honouring Range requests;
-    ``state["truncate"] = N`` stops every body after N bytes; every request's (path, Range) is recorded."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = {"files": {}, "truncate": None, "requests": []}
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with serving() as httpd:
+        yield httpd
 
 
 def _state(seed: int) -> dict:
@@ -225,7 +186,7 @@ def test_missing_asset_is_a_404(models):
 
 
 def test_unreachable_server(models, monkeypatch):
-    monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{_closed_port()}/assets")
+    monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{closed_port()}/assets")
     with pytest.raises(InputError, match=r"could not download model big from .*: the server is unreachable "
                                          r"\(.*refused.*\); install it from a file"):
         load_bundle("big")

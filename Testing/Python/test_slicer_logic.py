@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +28,7 @@ from MedicalAnomalyDetectionSlicer.logic import (FINDINGS_RAS_COLUMNS, REFERENCE
                                                  MedicalAnomalyDetectionLogic, SCORE_COLUMN, SLICE_COLUMN,
                                                  VOXELS_COLUMN)
 from MedicalAnomalyDetectionSlicer.worker import Worker  # noqa: E402
+from weights_server import closed_port, serving  # noqa: E402
 
 # An LPS-aligned volume as most scanners write it: I runs to the left, J to posterior (RAS directions -1, -1, 1).
 LPS_AXES = np.diag([-1.0, -1.0, 1.0])
@@ -59,42 +56,6 @@ def two_lesions() -> np.ndarray:
 
 
 # A catalogued model whose weights are a release asset, served from 127.0.0.1 (or from nowhere) ---------------------
-
-class _WeightsHandler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        self.server.requests.append(self.path)
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def weights_server(files: dict[str, bytes]):
-    """A threaded HTTP server on 127.0.0.1 serving ``files`` (path -> bytes); ``requests`` records the paths asked."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _WeightsHandler)
-    httpd.files, httpd.requests = files, []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def release(models_dir: Path, bundle_dir: Path, monkeypatch, base_url: str) -> bytes:
     """Copy ``bundle_dir`` into the package's models folder ``models_dir`` as a released catalogued model: its card
@@ -575,7 +536,7 @@ def test_prepare_does_not_download_and_the_job_does(scene, volume, tiny_bundle_d
         job.run()
     assert not (user / "tiny").exists() and node_ids(scene) == ids
 
-    with weights_server({"/tiny-test.pt": weights}) as server:
+    with serving({"/tiny-test.pt": weights}) as server:
         monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}")
         stages = []
         job = logic.prepare(volume, "tiny", device="cpu")
@@ -589,7 +550,7 @@ def test_prepare_does_not_download_and_the_job_does(scene, volume, tiny_bundle_d
         assert worker.wait(30) and worker.error is None
         outputs = logic.apply(worker.job, worker.result)
     assert (user / "tiny" / WEIGHTS_FILE).read_bytes() == weights and outputs.model == "tiny"
-    assert server.requests == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked, not fetched again
+    assert [path for path, _ in server.state["requests"]] == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked, not fetched again
     assert pending_download("tiny") is None
     job = logic.prepare(volume, "tiny", device="cpu")
     assert job.download is None and job.bundle.path == user / "tiny"

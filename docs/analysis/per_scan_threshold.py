@@ -355,6 +355,17 @@ def post_specs(best: dict) -> list[dict]:
     return out
 
 
+def evaluate_row(spec: dict, cases: dict, fixed: float, ceilings: dict) -> dict:
+    """:func:`evaluate` one rule and print its table row (sources, mean ratio, mean healthy, threshold range, s/vol)."""
+    r = evaluate(spec, cases, fixed, ceilings)
+    ts = np.concatenate([x["thresholds"] for x in r["sources"].values()])
+    sec = np.mean([x["seconds"] for x in r["sources"].values()])
+    print(f"| {spec['name']} | " + " | ".join(fmt(r["sources"][s]) for s in SOURCES)
+          + f" | **{r['ratio']:.3f}** | {100 * r['healthy']:.2f} % | {np.min(ts):.3g}–{np.max(ts):.3g} | "
+          f"{sec:.2f} |", flush=True)
+    return r
+
+
 def fmt(x: dict) -> str:
     return (f"{x['dice']:.3f} ({x['ratio']:.2f}) | {x['case_mean']:.2f} ± {x['case_sd']:.2f} ({x['case_min']:.2f}) | "
             f"{100 * x['healthy']:.2f} % | {100 * x['slab']:.2f} % ({x['slab_ml_max']:.1f} mL)")
@@ -434,12 +445,7 @@ def main() -> None:
             if spec.get("ceiling"):
                 base = spec["rule"]
                 spec = dict(spec, rule=lambda v: min(base(v), fixed))
-            r = evaluate(spec, cases, fixed, ceil)
-            ts = np.concatenate([x["thresholds"] for x in r["sources"].values()])
-            sec = np.mean([x["seconds"] for x in r["sources"].values()])
-            print(f"| {spec['name']} | " + " | ".join(fmt(r["sources"][s]) for s in SOURCES)
-                  + f" | **{r['ratio']:.3f}** | {100 * r['healthy']:.2f} % | {np.min(ts):.3g}–{np.max(ts):.3g} | "
-                  f"{sec:.2f} |", flush=True)
+            r = evaluate_row(spec, cases, fixed, ceil)
             results.append(r)
             return r
 
@@ -534,13 +540,7 @@ def extra_sections(models: list[str], header: str) -> None:
                    "rule": lambda v, k=k: per_scan(v, fixed, rate, k)} for k in K_GRID]
         results = []
         for spec in specs:
-            r = evaluate(spec, cases, fixed, ceil)
-            ts = np.concatenate([x["thresholds"] for x in r["sources"].values()])
-            sec = np.mean([x["seconds"] for x in r["sources"].values()])
-            print(f"| {spec['name']} | " + " | ".join(fmt(r["sources"][s]) for s in SOURCES)
-                  + f" | **{r['ratio']:.3f}** | {100 * r['healthy']:.2f} % | {np.min(ts):.3g}–{np.max(ts):.3g} | "
-                  f"{sec:.2f} |", flush=True)
-            results.append(r)
+            results.append(evaluate_row(spec, cases, fixed, ceil))
         grid = [(spec["k"], r) for spec, r in zip(specs[1:], results[1:])]
         k, best = choose_k(grid)
         sane = [(kk, r) for kk, r in grid if r["healthy"] <= 2 * rate
