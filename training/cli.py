@@ -158,12 +158,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    import SimpleITK as sitk
+    from MedicalAnomalyDetectionLib.volume_io import read_volume as read
 
     from .render import render_result
 
-    read = lambda path: sitk.ReadImage(str(path))  # noqa: E731
-    report = json.loads((args.result_dir / "report.json").read_text())
+    report_path = args.result_dir / "report.json"
+    if not report_path.is_file():
+        raise InputError(f"{args.result_dir} holds no report.json: give the --output-dir of a finished mad-detect run")
+    report = json.loads(report_path.read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render_result(read(args.input), read(args.result_dir / "anomaly_map.nii.gz"),
                   read(args.result_dir / "anomaly_label.nii.gz"), args.out,
