@@ -46,6 +46,12 @@ class FitSettings(RecipeSettings):
     checkpoint_every: int = option(5, "write the checkpoint every this many epochs (and at the end)",
                                    metavar="EPOCHS")
 
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.batch_size, self.checkpoint_every) < 1 or not self.learning_rate > 0:
+            raise InputError(f"epochs, batch size and checkpoint interval must be at least 1 and the learning rate "
+                             f"positive, not {self.epochs}, {self.batch_size}, {self.checkpoint_every}, "
+                             f"{self.learning_rate}")
+
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MedicalAnomalyDetectionLib.errors import InputError
+
 
 @dataclass
 class SliceSet:
@@ -33,6 +35,13 @@ class SliceSet:
 
     @classmethod
     def load(cls, path: Path) -> "SliceSet":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(slices=data["slices"], masks=data["masks"], case_ids=[str(c) for c in data["case_ids"]],
-                       source=json.loads(str(data["source"])))
+        """A cache written by :meth:`save` (``python -m training prepare``), or an InputError saying why not."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(slices=data["slices"], masks=data["masks"], case_ids=[str(c) for c in data["case_ids"]],
+                           source=json.loads(str(data["source"])))
+        except FileNotFoundError:
+            raise InputError(f"slice cache not found: {path} (write one with `python -m training prepare`)") from None
+        except (OSError, ValueError, KeyError) as error:
+            raise InputError(f"{path} is not a slice cache of `python -m training prepare` "
+                             f"({type(error).__name__}: {str(error)[:80]})") from None

@@ -167,3 +167,15 @@ def test_results_table_shows_the_position_only_reference_and_per_case_dice(monke
     assert "position only slice AUROC" in header.split(" | ")[3]
     assert row.startswith("| m | lgg_flair/val (6 cases) | 0.914 | 0.757 / 0.663 | – |")
     assert "| 0.759 (0.619 ± 0.207; 0.387 TCGA_1) |" in row
+
+
+def test_a_missing_or_foreign_cache_and_impossible_settings_are_one_line_errors(tmp_path, capsys):
+    foreign = tmp_path / "notes.npz"
+    foreign.write_text("not a cache")
+    for cache, message in ((tmp_path / "missing.npz", "slice cache not found"),
+                           (foreign, "is not a slice cache of `python -m training prepare`")):
+        assert main(["fit", "--method", "ae", "--data", str(cache), "--run-dir", str(tmp_path / "run")]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="must be at least 1"):
+        PatchGANSettings(epochs=0)
