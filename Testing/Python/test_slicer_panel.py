@@ -27,7 +27,8 @@ import pythonqt_shim  # noqa: E402
 from conftest import TINY_PRE, head_array, make_image, tiny_card  # noqa: E402
 from PySide6 import QtTest  # noqa: E402
 from slicer_fixtures import add_volume, ijk_to_ras, new_scene, node_ids, slice_view  # noqa: E402
-from test_slicer_logic import closed_port, release, two_lesions, weights_server  # noqa: E402
+from test_slicer_logic import release, two_lesions  # noqa: E402
+from weights_server import closed_port, serving  # noqa: E402
 
 from MedicalAnomalyDetectionLib import catalogue, installation  # noqa: E402
 from MedicalAnomalyDetectionLib.bundle import load_bundle, save_bundle  # noqa: E402
@@ -522,7 +523,7 @@ def test_a_model_not_downloaded_is_asked_for_before_detect(app, scene, volume, c
 def test_a_confirmed_download_runs_in_the_worker_and_cancels(app, scene, volume, catalogued, panel, monkeypatch):
     ui = panel.ui
     user = catalogued["user"]
-    with weights_server({"/tiny-test.pt": catalogued["weights"]}) as server:
+    with serving({"/tiny-test.pt": catalogued["weights"]}) as server:
         monkeypatch.setenv(catalogue.BASE_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}")
         _select_model(panel, "tiny")
         ids = node_ids(scene)
@@ -545,7 +546,7 @@ def test_a_confirmed_download_runs_in_the_worker_and_cancels(app, scene, volume,
     assert [kind for kind, _ in app.dialogs] == ["confirmOkCancelDisplay"] * 2 and app.errors == []
     assert (user / "tiny" / "weights.pt").read_bytes() == catalogued["weights"]
     assert panel.logic.lastOutputs.model == "tiny" and "model tiny;" in ui.deviceUsedLabel.text
-    assert server.requests == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked
+    assert [path for path, _ in server.state["requests"]] == ["/tiny-test.pt"]  # the cancelled transfer's bytes were kept and checked
     where = {row[0]: row[5] for row in _rows(ui.modelsTable)}
     assert where["tiny"] == str(user / "tiny") and ui.installModelButton.enabled
     _detect(app, panel)  # downloaded now: no question
