@@ -22,7 +22,7 @@ from .recipes.settings import add_settings_arguments, settings_from_args
 def cmd_prepare(args: argparse.Namespace) -> None:
     from MedicalAnomalyDetectionLib.card import Preprocessing
 
-    from .cohorts import bids_cases, listed_cases
+    from .cohorts import bids_cases, listed_cases, refuse_other_contrast
     from .datasets import dataset_info, load_cases
     from .slices import gather_healthy
 
@@ -39,6 +39,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     else:
         cases = listed_cases(args.volumes)
         name, split, licence = cases[0].dataset, "all", args.licence or "not stated"
+    refuse_other_contrast(cases, args.modality)
     source = {"dataset": name, "split": split, "modality": args.modality, "licence": licence, "cases": len(cases)}
     data = gather_healthy(cases, pre, source, every=args.every, masking=args.brain_mask)
     data.save(args.out)

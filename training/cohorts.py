@@ -8,6 +8,7 @@ from pathlib import Path
 from MedicalAnomalyDetectionLib.bids import SUFFIX_FOR_MODALITY, dataset_description, find_images
 from MedicalAnomalyDetectionLib.cohort import list_volumes, volume_name
 from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.modality import described_modalities
 
 from .datasets import Case
 
@@ -45,3 +46,13 @@ def listed_cases(source: Path) -> list[Case]:
         cases.append(Case(dataset=volume_name(Path(source)), case_id=volume_name(listed.image), image=listed.image,
                           brain=listed.brain_mask, lesion=None))
     return _unique(cases)
+
+
+def refuse_other_contrast(cases: list[Case], modality: str) -> None:
+    """Refuse, before anything is read, volumes whose file names name another contrast than ``modality`` (e.g.
+    ``sub-01_T1w.nii.gz`` prepared as FLAIR): slices of one contrast only train a model."""
+    other = [case.image.name for case in cases
+             if (named := described_modalities(case.image.name)) and modality.lower() not in named]
+    if other:
+        raise InputError(f"{len(other)} of {len(cases)} volumes are named as another contrast than "
+                         f"{modality.upper()} (--modality): {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}")

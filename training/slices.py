@@ -8,6 +8,7 @@ from scipy.ndimage import binary_dilation
 
 from MedicalAnomalyDetectionLib.brain_extraction import BrainMask, brain_mask_for
 from MedicalAnomalyDetectionLib.card import Preprocessing
+from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.preprocessing import PreparedVolume, prepare_volume
 from MedicalAnomalyDetectionLib.scoring import MIN_BRAIN_SHARE, TRAIN_MIN_BRAIN_SHARE, eligible_slices
 from MedicalAnomalyDetectionLib.volume_io import validate_volume
@@ -56,13 +57,23 @@ def healthy_slices(prepared: PreparedVolume, margin: int = HEALTHY_MARGIN,
 def gather_healthy(cases: list[Case], pre: Preprocessing, source: dict, every: int = 1,
                    masking: str = "none") -> SliceSet:
     """Healthy slices (every ``every``-th of them per case) of ``cases``, preprocessed as the model card says (cases
-    without a brain mask masked by ``masking``); ``source`` (dataset, split, modality, licence) is kept with them."""
+    without a brain mask masked by ``masking``); ``source`` (dataset, split, modality, licence) is kept with them.
+    An InputError saying what was found when no slice is healthy."""
     slices, masks, ids = [], [], []
+    total = with_lesion = little_brain = 0
     for case in cases:
         prepared = prepare_case(case.read(), pre, masking)
+        total += len(prepared.slices)
+        with_lesion += int(lesion_slices(prepared).sum())
+        little_brain += int((~eligible_slices(prepared.brain_area, TRAIN_MIN_BRAIN_SHARE)).sum())
         chosen = np.flatnonzero(healthy_slices(prepared, min_share=TRAIN_MIN_BRAIN_SHARE))[::every]
         slices.append(prepared.slices[chosen].astype(np.float16))
         masks.append(prepared.mask[chosen])
         ids += [case.case_id] * len(chosen)
+    if not ids:
+        raise InputError(f"no lesion-free slice to learn normal from in {len(cases)} cases of "
+                         f"{source.get('dataset', 'the data')}: of {total} slices, {with_lesion} show a lesion, "
+                         f"{little_brain} too little brain, and none of the rest is {HEALTHY_MARGIN} slice or more "
+                         f"from a lesion")
     return SliceSet(slices=np.concatenate(slices), masks=np.concatenate(masks), case_ids=ids,
                     source={**source, "preprocessing": pre.to_dict(), "every": every})

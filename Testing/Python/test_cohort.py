@@ -309,3 +309,18 @@ def test_prepare_takes_a_bids_dataset_a_folder_or_a_csv(bids_root, tmp_path):
     assert training_main(["prepare", "--volumes", str(tmp_path / "csv" / "list.csv"), "--licence", "mine",
                           "--out", str(tmp_path / "c.npz"), *tiny]) == 0
     assert SliceSet.load(tmp_path / "c.npz").source["licence"] == "mine"
+
+
+def test_prepare_refuses_volumes_named_as_another_contrast(bids_root, tmp_path, capsys):
+    tiny = ["--modality", "flair", "--size", "32", "--spacing", "4"]
+    assert training_main(["prepare", "--bids", str(bids_root), "--suffix", "T1w", "--out", str(tmp_path / "b.npz"),
+                          *tiny]) == 1
+    assert "3 of 3 volumes are named as another contrast than FLAIR (--modality): sub-01_ses-1_T1w.nii.gz" in \
+        capsys.readouterr().err
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    for image in (*find_images(bids_root, "FLAIR")[:1], *find_images(bids_root, "T1w")[:1]):
+        (folder / image.path.name).write_bytes(image.path.read_bytes())
+    assert training_main(["prepare", "--volumes", str(folder), "--out", str(tmp_path / "f.npz"), *tiny]) == 1
+    assert "1 of 2 volumes are named as another contrast than FLAIR" in capsys.readouterr().err
+    assert not (tmp_path / "b.npz").exists() and not (tmp_path / "f.npz").exists()

@@ -22,6 +22,7 @@ from MedicalAnomalyDetectionLib.methods.scrps.inversion import invert, inversion
 from MedicalAnomalyDetectionLib.networks.perceptual import DiscriminatorFeatures, VGG16Features, load_vgg16_state
 from MedicalAnomalyDetectionLib.networks.stylegan2 import REDUCED, TINY, Generator
 from training.cli import main
+from training.slice_set import SliceSet
 
 from conftest import head_array, make_image
 
@@ -292,3 +293,14 @@ def test_slicer_logic_runs_scrps_on_a_real_scene(tiny_run):
     assert outputs.anomalyMap is not None and np.isfinite(outputs.volumeScore)
     assert "scoring slices" in steps
     del colours
+
+
+def test_a_gan_of_another_contrast_is_refused_before_training(tiny_run, tmp_path, capsys):
+    flair = SliceSet.load(tiny_run["cache"])
+    flair.source["modality"] = "flair"
+    flair.save(tmp_path / "flair.npz")
+    run = tmp_path / "run"
+    assert main(["fit", "--method", "scrps", "--data", str(tmp_path / "flair.npz"), "--run-dir", str(run),
+                 "--gan", str(tiny_run["run"] / "gan"), *TINY_FIT]) == 1
+    assert "was trained on T1 slices; --data holds FLAIR slices" in capsys.readouterr().err
+    assert not any(p.is_file() for p in run.rglob("*"))

@@ -1,6 +1,7 @@
 """The training package end to end on a tiny synthetic dataset in the layout of ../shared/data."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -179,3 +180,16 @@ def test_a_missing_or_foreign_cache_and_impossible_settings_are_one_line_errors(
     assert not (tmp_path / "run").exists()
     with pytest.raises(InputError, match="must be at least 1"):
         PatchGANSettings(epochs=0)
+
+
+def test_prepare_refuses_a_dataset_without_lesion_free_slices(toy_dataset, tmp_path, capsys):
+    for case in ("t0", "t1", "t2"):  # every train slice with brain shows a lesion
+        brain = toy_dataset / case / "brain.nii.gz"
+        (toy_dataset / case / "lesion.nii.gz").write_bytes(brain.read_bytes())
+    cache = tmp_path / "cache.npz"
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(cache),
+                 "--size", "32", "--spacing", "4"]) == 1
+    message = capsys.readouterr().err
+    assert "no lesion-free slice to learn normal from in 3 cases of toy: of " in message
+    total, lesions = (int(n) for n in re.search(r"of (\d+) slices, (\d+) show a lesion", message).groups())
+    assert 0 < lesions < total and not cache.exists()

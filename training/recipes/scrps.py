@@ -341,6 +341,11 @@ class SCRPSRecipe(Recipe):
         vgg16 = load_vgg16_state(settings.vgg16) if settings.vgg16 else None  # refused before any work if malformed
         started = time.perf_counter()
         gan = load_gan(settings.gan, device) if settings.gan else train_gan(settings, data, run_dir, device)
+        trained_on = str(gan.record.get("data", {}).get("source", {}).get("modality", "")).lower()
+        given = str(data.source.get("modality", "")).lower()
+        if trained_on and given and trained_on != given:
+            raise InputError(f"--gan {settings.gan} was trained on {trained_on.upper()} slices; --data holds "
+                             f"{given.upper()} slices ({data.describe()})")
         if tuple(data.slices.shape[1:]) != tuple(gan.config.size):
             raise InputError(f"the slices of {data.describe()} are {tuple(data.slices.shape[1:])}, the generator makes "
                              f"{tuple(gan.config.size)}")
