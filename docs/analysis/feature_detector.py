@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from MedicalAnomalyDetectionLib.preprocessing import robust_sd
 from training.datasets import load_cases
-from training.metrics import auroc_ap, best_dice
+from normative_prior import print_pooled, read_case
 
 DATA = Path("../shared/data")
 HDB = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/hdb")
@@ -75,17 +75,6 @@ def grid(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
     ref.SetSpacing([GRID_MM] * 3)
     ref.SetOrigin(low.tolist())
     return ref
-
-
-def read_case(case) -> tuple[sitk.Image, sitk.Image, sitk.Image | None]:
-    image = sitk.ReadImage(str(case.image), sitk.sitkFloat32)
-    brain = sitk.Cast(sitk.ReadImage(str(case.brain), sitk.sitkUInt8) > 0, sitk.sitkUInt8)
-    brain.CopyInformation(image)
-    lesion = None
-    if case.lesion is not None:
-        lesion = sitk.Cast(sitk.ReadImage(str(case.lesion), sitk.sitkUInt8) > 0, sitk.sitkUInt8)
-        lesion.CopyInformation(image)
-    return image, brain, lesion
 
 
 def standardised(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
@@ -223,11 +212,7 @@ def validate() -> None:
                 learned = native_map(data, knn_distance(queries, core).numpy(), image)[inside]
                 rows.setdefault(f"{name}: distance", []).append(learned)
                 rows.setdefault(f"{name}: geometric mean with z", []).append(np.sqrt(z * learned))
-        y = np.concatenate(labels)
-        for name, values in rows.items():
-            v = np.concatenate(values)
-            print(f"{dataset} val {name}: ⌈Dice⌉ {best_dice(y, v)[0]:.3f}, voxel AUROC {auroc_ap(y, v)['auroc']:.3f}",
-                  flush=True)
+        print_pooled(dataset, labels, rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run from the repository root: ``python docs/analysis/lesion_check.py [DATA_DIR] 
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `training` runs from a clone, uninstalled

@@ -148,6 +148,15 @@ def atlas_maps(file_name: str = "atlas.npz", sigma_vox: float = 1.0, sd_floor: f
     return images[0], images[1]
 
 
+def print_pooled(dataset: str, labels: list[np.ndarray], rows: dict[str, list[np.ndarray]]) -> None:
+    """One line a map: its ⌈Dice⌉ and voxel AUROC pooled over the validation cases of ``dataset``."""
+    y = np.concatenate(labels)
+    for name, values in rows.items():
+        v = np.concatenate(values)
+        print(f"{dataset} val {name}: ⌈Dice⌉ {best_dice(y, v)[0]:.3f}, voxel AUROC {auroc_ap(y, v)['auroc']:.3f}",
+              flush=True)
+
+
 def validate_variants() -> None:
     """A few principled variants, each measured on both validation sets (pooled ⌈Dice⌉ per set)."""
     fixed, fixed_brain = template()
@@ -217,11 +226,7 @@ def validate_learned(sigma_vox: float = 2.0) -> None:
                                  ("geometric mean of z and (learned - healthy mean)",
                                   np.sqrt(zs * np.maximum(learned - mu, 0)))):
                 rows.setdefault(name, []).append(values)
-        y = np.concatenate(labels)
-        for name, values in rows.items():
-            v = np.concatenate(values)
-            print(f"{dataset} val {name}: ⌈Dice⌉ {best_dice(y, v)[0]:.3f}, voxel AUROC {auroc_ap(y, v)['auroc']:.3f}",
-                  flush=True)
+        print_pooled(dataset, labels, rows)
 
 
 if __name__ == "__main__":
