@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.inference import detect, label_from_map
+from MedicalAnomalyDetectionLib.methods.runtime import autocast_for, cpu_supports_bf16
 from MedicalAnomalyDetectionLib.progress import Cancelled
 
 from conftest import head_array, make_image
@@ -129,3 +131,15 @@ def test_a_card_asking_for_peak_z_gets_it_from_the_methods_evidence_map(tiny_bun
     result = detect(image, peak_z, device="cpu")
     np.testing.assert_allclose(result.slice_scores, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(detect(image, bundle, device="cpu").slice_scores, expected)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
+                                                        (False, True, True)])
+def test_bf16_autocast_only_where_the_cpu_computes_bf16_natively(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN says bf16 works on any AVX-512 CPU, but without AVX512-BF16 or AMX it runs at half fp32's speed."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_supports_bf16() is expected
+    with autocast_for(torch.device("cpu")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if expected else torch.float32)
