@@ -95,7 +95,9 @@ def test_training_reduces_the_inpainting_loss(tmp_path):
 
 def test_uncertainty_head_learns_where_inpainting_is_hard():
     """Left half flat, right half noise: after training, the predicted sigma is larger on the right.
-    (400 steps: at 250 the ratio was 1.2 with one thread and 1.8 with two; at 400 it is 12 and 5.)"""
+    (At lr 3e-3 the ratio swung between 0.9 and 18 from one 100 steps to the next, so the test passed or failed with
+    the CPU's precision; at 1e-3 it rises steadily: after 400 steps 9.0-9.6 in fp32 and 8.3-9.9 in bf16, 1 or 2
+    threads.)"""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     x = torch.full((8, 1, 32, 32), 0.5)
@@ -104,14 +106,14 @@ def test_uncertainty_head_learns_where_inpainting_is_hard():
     config = PatchGANConfig(widths=(8, 16), disc_widths=(8,), hole=8, uncertainty=True)
     reconstructor = Reconstructor(config.widths, uncertainty=True)
     discriminator = PatchDiscriminator(config.disc_widths)
-    opt_r = torch.optim.Adam(reconstructor.parameters(), lr=3e-3)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
+    opt_r = torch.optim.Adam(reconstructor.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
     settings = PatchGANSettings(uncertainty_weight=1.0)
     for _ in range(400):
         losses = training_step(x, mask, reconstructor, discriminator, opt_r, opt_d, config, settings, generator)
     assert np.isfinite(losses["loss_nll"])
     _, sigma = PatchGAN(config, reconstructor, torch.device("cpu")).reconstruct(x[:4, 0])
-    assert sigma[:, 4:28, 20:28].mean() > 1.5 * sigma[:, 4:28, 4:12].mean()
+    assert sigma[:, 4:28, 20:28].mean() > 3.0 * sigma[:, 4:28, 4:12].mean()
 
 
 def test_resume_refuses_other_settings_and_tiny_data(tmp_path):
