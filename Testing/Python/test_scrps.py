@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -304,3 +305,11 @@ def test_a_gan_of_another_contrast_is_refused_before_training(tiny_run, tmp_path
                  "--gan", str(tiny_run["run"] / "gan"), *TINY_FIT]) == 1
     assert "was trained on T1 slices; --data holds FLAIR slices" in capsys.readouterr().err
     assert not any(p.is_file() for p in run.rglob("*"))
+    shutil.copytree(tiny_run["run"] / "gan", run / "gan")  # a GAN this run folder began on T1 slices
+    before = (run / "gan" / "checkpoint.pt").read_bytes()
+    more = list(TINY_FIT)
+    more[more.index("--gan-iterations") + 1] = "8"  # would continue training it
+    assert main(["fit", "--method", "scrps", "--data", str(tmp_path / "flair.npz"), "--run-dir", str(run),
+                 *more]) == 1
+    assert f"the GAN in {run / 'gan'} was trained on T1 slices" in capsys.readouterr().err
+    assert (run / "gan" / "checkpoint.pt").read_bytes() == before

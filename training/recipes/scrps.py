@@ -140,6 +140,15 @@ def load_gan(run_dir: Path, device: torch.device) -> GAN:
                _fingerprint(state["G_ema"]))
 
 
+def check_same_contrast(gan_record: dict, data: SliceSet, gan: str) -> None:
+    """Refuse a GAN (its run record) trained on slices of another contrast than ``data``'s."""
+    trained_on = str(gan_record.get("data", {}).get("source", {}).get("modality", "")).lower()
+    given = str(data.source.get("modality", "")).lower()
+    if trained_on and given and trained_on != given:
+        raise InputError(f"{gan} was trained on {trained_on.upper()} slices; --data holds {given.upper()} slices "
+                         f"({data.describe()})")
+
+
 def train_gan(fit: SCRPSFitSettings, data: SliceSet, run_dir: Path, device: torch.device) -> GAN:
     """Train (or resume) a StyleGAN2 of ``gan_config`` in ``run_dir/gan``: the GAN stage of the recipe, used when no
     finished StyleGAN2 run is given."""
@@ -147,6 +156,8 @@ def train_gan(fit: SCRPSFitSettings, data: SliceSet, run_dir: Path, device: torc
     config = CONFIGS[fit.gan_config]
     settings = stylegan_fit.GANSettings(batch_size=fit.gan_batch_size, seed=fit.seed)
     checkpoint = gan_dir / stylegan_fit.CHECKPOINT
+    if (gan_dir / "run.json").is_file():  # a GAN this run folder began on other slices is not continued on these
+        check_same_contrast(json.loads((gan_dir / "run.json").read_text()), data, f"the GAN in {gan_dir}")
     trainer = (stylegan_fit.load_checkpoint(checkpoint, device, settings) if checkpoint.exists()
                else stylegan_fit.make_trainer(config, settings, device))
     if trainer.config != config:
@@ -341,11 +352,7 @@ class SCRPSRecipe(Recipe):
         vgg16 = load_vgg16_state(settings.vgg16) if settings.vgg16 else None  # refused before any work if malformed
         started = time.perf_counter()
         gan = load_gan(settings.gan, device) if settings.gan else train_gan(settings, data, run_dir, device)
-        trained_on = str(gan.record.get("data", {}).get("source", {}).get("modality", "")).lower()
-        given = str(data.source.get("modality", "")).lower()
-        if trained_on and given and trained_on != given:
-            raise InputError(f"--gan {settings.gan} was trained on {trained_on.upper()} slices; --data holds "
-                             f"{given.upper()} slices ({data.describe()})")
+        check_same_contrast(gan.record, data, f"--gan {settings.gan}")
         if tuple(data.slices.shape[1:]) != tuple(gan.config.size):
             raise InputError(f"the slices of {data.describe()} are {tuple(data.slices.shape[1:])}, the generator makes "
                              f"{tuple(gan.config.size)}")
