@@ -95,6 +95,15 @@ def load_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
     return {k: state[k].float() for k in expected}
 
 
+def stage_taps(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every stage, each stage fed the one before's."""
+    taps = []
+    for stage in stages:
+        x = stage(x)
+        taps.append(x)
+    return taps
+
+
 class LatentEncoder(nn.Module):
     """Amortised inversion: slice (B, 1, H, W) -> W+ codes (B, L, w_dim) = ``w_mean`` + a predicted offset per code.
     A plain convolutional trunk (one level per generator level, stride-2 between levels) down to the generator's
@@ -119,15 +128,8 @@ class LatentEncoder(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("w_mean", torch.zeros(self.num_ws, self.w_dim))
 
-    def trunk(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for stage in self.stages:
-            x = stage(x)
-            taps.append(x)
-        return taps
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offsets = self.head(self.trunk(x)[-1].flatten(1).float()).view(-1, self.num_ws, self.w_dim)
+        offsets = self.head(stage_taps(self.stages, x)[-1].flatten(1).float()).view(-1, self.num_ws, self.w_dim)
         return self.w_mean + offsets
 
 
@@ -139,8 +141,4 @@ class EncoderFeatures(nn.Module):
         self.stages = LatentEncoder(config, widths, hidden).stages
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for stage in self.stages:
-            x = stage(x)
-            taps.append(x)
-        return taps
+        return stage_taps(self.stages, x)
