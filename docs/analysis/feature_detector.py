@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from MedicalAnomalyDetectionLib.preprocessing import robust_sd
 from training.datasets import load_cases
-from normative_prior import print_pooled, read_case
+from normative_prior import print_pooled, read_case, robust_z
 
 DATA = Path("../shared/data")
 HDB = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/hdb")
@@ -77,23 +77,22 @@ def grid(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
     return ref
 
 
-def standardised(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
-    """The brain only, robustly standardised (median 0, robust SD 1); the background at the value of 0 intensity."""
+def standardised(image: sitk.Image, brain: sitk.Image) -> tuple[sitk.Image, float]:
+    """The brain only, robustly standardised (median 0, robust SD 1), and the background's value (that of
+    intensity 0), which it is set to."""
     array = sitk.GetArrayFromImage(image)
     inside = sitk.GetArrayViewFromImage(brain) > 0
     median = float(np.median(array[inside]))
     sd = robust_sd(array[inside], median)
     out = sitk.GetImageFromArray(np.where(inside, (array - median) / sd, -median / sd).astype(np.float32))
     out.CopyInformation(image)
-    return out
+    return out, -median / sd
 
 
 def case_features(net, image: sitk.Image, brain: sitk.Image, lesion: sitk.Image | None) -> dict:
     """Features at 3 mm (levels 1-3, each 3x3x3-averaged, brought to 3 mm), with the brain and healthy masks there."""
     ref = grid(image, brain)
-    x = standardised(image, brain)
-    background = float(sitk.GetArrayViewFromImage(x)[sitk.GetArrayViewFromImage(brain) == 0].min()) \
-        if (sitk.GetArrayViewFromImage(brain) == 0).any() else 0.0
+    x, background = standardised(image, brain)
     x = sitk.GetArrayFromImage(sitk.Resample(x, ref, sitk.Transform(), sitk.sitkLinear, background))
     with torch.no_grad():
         skips = encode(net, torch.from_numpy(x)[None, None])
@@ -202,9 +201,7 @@ def validate() -> None:
             image, brain, lesion = read_case(case)
             data = np.load(OUT / f"{dataset}_{case.case_id}.npz")
             inside = sitk.GetArrayViewFromImage(brain) > 0
-            array = sitk.GetArrayFromImage(image)[inside]
-            median = float(np.median(array))
-            z = np.maximum((array - median) / robust_sd(array, median), 0)
+            z = np.maximum(sitk.GetArrayFromImage(robust_z(image, brain))[inside], 0)
             labels.append(sitk.GetArrayViewFromImage(lesion)[inside] > 0)
             rows.setdefault("robust z", []).append(z)
             for name, (core, mean, sd) in cores.items():
