@@ -179,8 +179,14 @@ def cmd_render(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from MedicalAnomalyDetectionLib.methods.runtime import choose_device
 
-    from .compare import compare
+    from .compare import compare, rewrite_table
 
+    if args.table_only:
+        rewrite_table(args.models, args.datasets, args.out)
+        print(f"{args.out}: comparison.md rewritten from comparison.json")
+        return
+    if args.data_root is None:
+        raise InputError("compare needs --data-root (the folder holding the datasets), unless --table-only")
     compare(args.models, args.data_root, args.datasets, args.out, choose_device(args.device), args.update_cards,
             args.command_line, args.reports)
     print(f"{args.out}: comparison.md, comparison.json and figures written")
@@ -337,12 +343,14 @@ def build_parser(method: str = "patchgan") -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="every model on the same test splits: table (md, json), ROC and score plots")
     p.add_argument("--models", nargs="+", required=True, help="bundle names or folders")
-    p.add_argument("--data-root", type=Path, required=True, help="folder holding the datasets")
+    p.add_argument("--data-root", type=Path, help="folder holding the datasets (required unless --table-only)")
     p.add_argument("--datasets", nargs="+", default=["lgg_flair", "brats2013", "mslub"])
     p.add_argument("--out", type=Path, required=True)
     add_device_argument(p)
     p.add_argument("--update-cards", action="store_true", help="store each model's metrics in its card")
     p.add_argument("--reports", type=Path, help="also write each model's per-case report under this folder")
+    p.add_argument("--table-only", action="store_true",
+                   help="score nothing: rewrite OUT/comparison.md from OUT/comparison.json and the models' cards")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("backbone", help="self-supervised (SimCLR) ResNet18 trunk on healthy slices, for PathoSCOPE")

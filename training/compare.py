@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from MedicalAnomalyDetectionLib.bundle import Bundle, load_bundle
+from MedicalAnomalyDetectionLib.card import ModelCard
+from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.methods import applicable_ablations, build_method, with_overrides
 
 from .datasets import load_cases
@@ -18,6 +20,20 @@ from .plots import plot_roc, plot_score_distributions
 TABLE_METRICS = (("slice_auroc", "slice AUROC"), ("voxel_auroc", "voxel AUROC"), ("best_dice", "⌈Dice⌉"))
 # The "position only" reference rows: slice AUROC of content-free slice scores (evaluation.POSITION_ONLY).
 POSITION_ROWS = (("brain_area", "position only: brain area"), ("centrality", "position only: centrality"))
+
+
+def training_budget(card: ModelCard) -> str:
+    """What training the card records, for the table: "600 epochs, 5.6 min on NVIDIA H100 80GB HBM3", "150 steps,
+    9.8 min on cpu", "0.8 s on cpu" (a one-pass fit), or "none" for a method that is not trained."""
+    training = card.training
+    if "seconds" not in training:
+        return "none"
+    seconds = float(training["seconds"])
+    duration = f"{seconds:.1f} s" if seconds < 60 else (f"{seconds / 60:.1f} min" if seconds < 3600
+                                                          else f"{seconds / 3600:.1f} h")
+    settings = training.get("settings", {})
+    counts = [f"{settings[unit]} {unit}" for unit in ("epochs", "steps") if int(settings.get(unit, 1)) > 1]
+    return ", ".join(counts + [f"{duration} on {training.get('device', 'an unrecorded device')}"])
 
 
 def _variants(bundle: Bundle) -> list[tuple[str, str | None, Bundle]]:
@@ -65,8 +81,29 @@ def compare(models: list[str], data_root: Path, datasets: list[str], out: Path, 
     for folder, metrics in measured.items():
         add_metrics(folder, metrics)
     (out / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "comparison.md").write_text(markdown(results, datasets) + "\n")
+    (out / "comparison.md").write_text(markdown(results, datasets, _budgets(bundles)) + "\n")
     return results
+
+
+def _budgets(bundles: list[Bundle]) -> dict[str, str]:
+    """Each table row's training budget (an ablation row has its model's)."""
+    return {name: training_budget(bundle.card) for bundle in bundles for name, _, _ in _variants(bundle)}
+
+
+def rewrite_table(models: list[str], datasets: list[str], out: Path) -> str:
+    """Rewrite ``out``/comparison.md, columns in the order of ``datasets``, from ``out``/comparison.json (as
+    ``compare`` wrote it, or merged from runs on separate datasets) and the models' cards, scoring nothing; returns
+    the table."""
+    source = out / "comparison.json"
+    if not source.is_file():
+        raise InputError(f"{source} does not exist: run compare without --table-only first")
+    results = json.loads(source.read_text())
+    missing = sorted({d for per_dataset in results.values() for d in set(datasets) - set(per_dataset)})
+    if missing:
+        raise InputError(f"{source} has no results on {', '.join(missing)} for every method")
+    table = markdown(results, datasets, _budgets([load_bundle(model) for model in models]))
+    (out / "comparison.md").write_text(table + "\n")
+    return table
 
 
 def _per_case_text(pooled: float | None, spread: dict | None) -> str:
@@ -76,15 +113,17 @@ def _per_case_text(pooled: float | None, spread: dict | None) -> str:
     return f"{pooled:.3f}" + (f" ({spread['mean']:.3f} ± {spread['sd']:.3f})" if spread else "")
 
 
-def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
-    """Rows: methods; columns: each dataset's slice AUROC, voxel AUROC, ⌈Dice⌉ (the best of each column bold) and
-    Dice of the default label map (pooled, and per lesion-holding case mean ± SD). Below the methods, the "position
-    only" rows: the slice AUROC of content-free scores (a slice's brain area, its centrality) of the same eligible
-    slices, the reference a slice AUROC is to be read against (a range where models' preprocessing differs)."""
-    header = ("| method | " + " | ".join(f"{d} {title}" for d in datasets for _, title in TABLE_METRICS)
+def markdown(results: dict[str, dict[str, dict]], datasets: list[str], budgets: dict[str, str]) -> str:
+    """Rows: methods; columns: each method's training budget (``budgets``, by row), each dataset's slice AUROC, voxel
+    AUROC, ⌈Dice⌉ (the best of each column bold) and Dice of the default label map (pooled, and per lesion-holding
+    case mean ± SD). Below the methods, the "position only" rows: the slice AUROC of content-free scores (a slice's
+    brain area, its centrality) of the same eligible slices, the reference a slice AUROC is to be read against (a
+    range where models' preprocessing differs)."""
+    header = ("| method | training budget | "
+              + " | ".join(f"{d} {title}" for d in datasets for _, title in TABLE_METRICS)
               + "".join(f" | {d} label map Dice (per case)" for d in datasets) + " |")
     columns = len(datasets) * (len(TABLE_METRICS) + 1)
-    rows = [header, "|---|" + "---|" * columns]
+    rows = [header, "|---|---|" + "---|" * columns]
     best = {(d, k): max((r[d].get(k) or 0.0) for r in results.values()) for d in datasets for k, _ in TABLE_METRICS}
     for name, per_dataset in results.items():
         cells = []
@@ -95,7 +134,7 @@ def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
                 cells.append(f"**{text}**" if value is not None and value == best[(dataset, key)] else text)
         cells += [_per_case_text(per_dataset[d].get("label_map_dice"), per_dataset[d].get("label_map_dice_per_case"))
                   for d in datasets]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {name} | {budgets.get(name, '–')} | " + " | ".join(cells) + " |")
     for key, title in POSITION_ROWS:
         cells = []
         for dataset in datasets:
@@ -107,5 +146,5 @@ def markdown(results: dict[str, dict[str, dict]], datasets: list[str]) -> str:
                 else:
                     cells.append(f"{found[0]:.3f}" if len(found) == 1 else f"{found[0]:.3f}–{found[-1]:.3f}")
         cells += ["–"] * len(datasets)
-        rows.append(f"| {title} | " + " | ".join(cells) + " |")
+        rows.append(f"| {title} | none | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -122,7 +122,13 @@ def test_compare_writes_the_table_and_figures(toy_dataset, tiny_bundle_dir, inte
     assert all(0.0 <= r["toy"]["slice_auroc"] <= 1.0 for r in results.values())
     assert results["intensity-tiny"]["toy"]["voxel_auroc"] > 0.9  # the toy lesion is the brightest thing
     table = (out / "comparison.md").read_text().splitlines()
-    assert len(table) == 2 + 4 + 2 and table[0].startswith("| method | toy slice AUROC")
-    assert table[-2].startswith("| position only: brain area | 0.") and table[-1].startswith("| position only: cent")
+    assert len(table) == 2 + 4 + 2 and table[0].startswith("| method | training budget | toy slice AUROC")
+    assert table[-2].startswith("| position only: brain area | none | 0.") and table[-1].startswith("| position only: cent")
     assert {"brain_area", "centrality"} == set(results["intensity-tiny"]["toy"]["position_only_slice_auroc"])
     assert (out / "roc_toy.png").stat().st_size > 0 and (out / "scores_toy.png").stat().st_size > 0
+    assert table[2].startswith("| tiny | none | ") and table[5].startswith("| intensity-tiny | none | ")
+    written = (out / "comparison.md").read_text()
+    (out / "comparison.md").unlink()
+    assert main(["compare", "--models", str(tiny_bundle_dir), str(intensity_bundle.path), "--datasets", "toy",
+                 "--out", str(out), "--table-only"]) == 0
+    assert (out / "comparison.md").read_text() == written  # the same table again, from the JSON and the cards

@@ -3,6 +3,8 @@ going through the detector's own path (``inference.stage_volume`` + ``inference.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -288,11 +290,25 @@ def test_compare_table_has_position_only_rows():
     summary = {"slice_auroc": 0.8, "voxel_auroc": 0.9, "best_dice": 0.5, "label_map_dice": 0.4,
                "label_map_dice_per_case": {"mean": 0.3, "sd": 0.1, "worst": 0.2, "worst_case": "x", "cases": 2},
                "position_only_slice_auroc": {"brain_area": 0.7, "centrality": 0.6}}
-    table = compare.markdown({"m": {"d": summary}, "n": {"d": {**summary, "slice_auroc": 0.75}}}, ["d"])
+    table = compare.markdown({"m": {"d": summary}, "n": {"d": {**summary, "slice_auroc": 0.75}}}, ["d"],
+                             {"m": "40 epochs, 59.4 min on cpu", "n": "none"})
     rows = table.splitlines()
-    assert rows[2] == "| m | **0.800** | **0.900** | **0.500** | 0.400 (0.300 ± 0.100) |"
-    assert rows[-2] == "| position only: brain area | 0.700 | – | – | – |"
-    assert rows[-1] == "| position only: centrality | 0.600 | – | – | – |"
+    assert rows[2] == "| m | 40 epochs, 59.4 min on cpu | **0.800** | **0.900** | **0.500** | 0.400 (0.300 ± 0.100) |"
+    assert rows[3].startswith("| n | none | 0.750 | ")
+    assert rows[-2] == "| position only: brain area | none | 0.700 | – | – | – |"
+    assert rows[-1] == "| position only: centrality | none | 0.600 | – | – | – |"
+
+
+@pytest.mark.parametrize("training, budget", [
+    ({"epochs": 600, "settings": {"epochs": 600}, "seconds": 334.7, "device": "NVIDIA H100 80GB HBM3"},
+     "600 epochs, 5.6 min on NVIDIA H100 80GB HBM3"),
+    ({"settings": {"steps": 150}, "seconds": 590.3, "device": "cpu"}, "150 steps, 9.8 min on cpu"),
+    ({"settings": {"epochs": 1}, "seconds": 0.8, "device": "cpu"}, "0.8 s on cpu"),
+    ({"settings": {}, "seconds": 11237.2, "device": "cpu"}, "3.1 h on cpu"),
+    ({"data": "none (no training)"}, "none")])
+def test_the_comparison_states_each_training_budget_from_the_card(training, budget, intensity_bundle):
+    card = dataclasses.replace(intensity_bundle.card, training=training)
+    assert compare.training_budget(card) == budget
 
 
 @pytest.mark.parametrize("masking, how", [("none", "foreground mask (no brain extraction)"),
