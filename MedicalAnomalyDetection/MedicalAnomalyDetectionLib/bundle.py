@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
+DEFAULT_MODEL = "patchgan-flair"  # what the Slicer panel and mad-detect run unless told otherwise: the FLAIR flagship
 
 
 def bundled_models_dir() -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import cohort_command, installation
 from .brain_extraction import mask_file
-from .bundle import bundle_folder, load_bundle
+from .bundle import DEFAULT_MODEL, bundle_folder, load_bundle
 from .errors import InputError
 from .inference import detect
 from .methods.runtime import add_device_argument
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("input", nargs="*", help="volume file (NIfTI, NRRD, MHA) or DICOM series folder; several, "
                                                  "a folder of volumes or a CSV list run as a cohort")
     parser.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")
-    parser.add_argument("--model", help="model name (see --list-models) or path to a model bundle folder")
+    parser.add_argument("--model", help="model name (see --list-models) or path to a model bundle folder (default: "
+                                         f"{DEFAULT_MODEL})")
     parser.add_argument("--output-dir", type=Path, help="folder for the outputs (created if missing)")
     parser.add_argument("--brain-mask", default="auto", metavar="auto|none|FILE",
                         help="auto (default): the foreground of a skull-stripped input, else deepbet's brain "
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--list-models, --install-model and --remove-model take no inputs and no --model")
     if not managing and not args.input and args.bids is None:
         parser.error("give an INPUT (or several, a folder of volumes, a CSV list) or --bids ROOT")
-    if not managing and args.model is None:
-        parser.error("the following arguments are required: --model")
+    if not managing:
+        args.model = args.model or DEFAULT_MODEL
     try:
         if managing:
             return _manage_models(args)

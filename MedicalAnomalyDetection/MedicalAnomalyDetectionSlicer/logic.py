@@ -24,7 +24,7 @@ import slicer
 import vtk
 
 from MedicalAnomalyDetectionLib.brain_extraction import MASKING_MODES
-from MedicalAnomalyDetectionLib.bundle import load_bundle, read_card, resolve_bundle_path, user_models_dir
+from MedicalAnomalyDetectionLib.bundle import DEFAULT_MODEL, load_bundle, read_card, resolve_bundle_path, user_models_dir
 from MedicalAnomalyDetectionLib.catalogue import pending_download
 from MedicalAnomalyDetectionLib.errors import InputError
 from MedicalAnomalyDetectionLib.references import FittedModel, Reference
@@ -86,7 +86,7 @@ class MedicalAnomalyDetectionLogic:
     def __init__(self) -> None:
         self.lastOutputs: DetectionOutputs | None = None
 
-    def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
+    def process(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = DEFAULT_MODEL,
                 brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto", threshold: float | None = None,
                 masking: str = "auto", outputMap: slicer.vtkMRMLScalarVolumeNode | None = None,
                 outputLabel: slicer.vtkMRMLLabelMapVolumeNode | None = None,
@@ -103,7 +103,7 @@ class MedicalAnomalyDetectionLogic:
         detection = job.run(progress, cancel)
         return self.apply(job, detection, outputMap, outputLabel, outputTable)
 
-    def prepare(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = "patchgan-flair",
+    def prepare(self, inputVolume: slicer.vtkMRMLScalarVolumeNode, model: str | Path = DEFAULT_MODEL,
                 brainMask: slicer.vtkMRMLNode | None = None, device: str = "auto",
                 threshold: float | None = None, masking: str = "auto") -> DetectionJob:
         """Check the inputs, copy them out of MRML and load the bundle; touches nothing in the scene for good. A

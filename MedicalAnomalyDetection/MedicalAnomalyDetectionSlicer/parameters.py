@@ -8,6 +8,8 @@ from typing import Annotated, Optional, Union
 import slicer
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from MedicalAnomalyDetectionLib.bundle import DEFAULT_MODEL
+
 DEVICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}  # combo box text -> core device
 
 
@@ -19,7 +21,7 @@ class MedicalAnomalyDetectionParameterNode:
     # the classes the brain-mask selector offers: connectGui instantiates them to set its nodeTypes (an abstract
     # vtkMRMLNode here stopped the panel from building)
     brainMask: Optional[Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode]]
-    model: str = "patchgan-flair"
+    model: str = DEFAULT_MODEL
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     threshold: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0  # 0: not chosen yet, the card's is used
     outputMap: slicer.vtkMRMLScalarVolumeNode

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedicalAnomalyDetectionLib import cli
+from MedicalAnomalyDetectionLib.bundle import bundled_models_dir, read_card
 from MedicalAnomalyDetectionLib.cli import main
 
 from conftest import head_array, make_image
@@ -39,6 +41,14 @@ def test_writes_map_label_scores_and_report(volume_file, tiny_bundle_dir, tmp_pa
     assert max(scores.values()) >= report["volume_score"] > 0
     assert 0 <= report["flagged_slices"] <= sum(score >= report["slice_threshold"] for score in scores.values())
     assert report["anomalous_voxels"] == int(sitk.GetArrayFromImage(label).sum())
+
+
+def test_without_model_it_runs_the_default_flair_model(volume_file, tiny_bundle_dir, tmp_path, monkeypatch):
+    assert read_card(bundled_models_dir() / cli.DEFAULT_MODEL).modality == "flair"
+    monkeypatch.setattr(cli, "DEFAULT_MODEL", str(tiny_bundle_dir))  # the same path, with a network fit for a test
+    out = tmp_path / "out"
+    assert main([str(volume_file), "--output-dir", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "report.json").read_text())["model"] == "tiny"
 
 
 def _error_line(capsys) -> str:
