@@ -129,6 +129,28 @@ def test_resume_refuses_other_settings_and_tiny_data(tmp_path):
         fit_patchgan(data, config, PatchGANSettings(batch_size=32), tmp_path / "other", torch.device("cpu"))
 
 
+def test_fit_init_trains_a_bundled_reconstructor_further(toy_dataset, tiny_bundle_dir, tmp_path, capsys):
+    cache = tmp_path / "c.npz"
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "flair", "--out", str(cache), *TINY]) == 0
+    start = load_bundle(tiny_bundle_dir).state_dict
+    fit = ["fit", "--data", str(cache), "--epochs", "1", "--batch-size", "8", "--widths", "4", "8", "--hole", "8",
+           "--lr", "1e-9", "--seed", "1", "--device", "cpu"]  # the bundle was made with seed 0
+    exported = {}
+    for name, init in (("init", ["--init", str(tiny_bundle_dir)]), ("fresh", [])):
+        assert main([*fit, "--run-dir", str(tmp_path / name), *init]) == 0
+        bundle = tmp_path / f"b-{name}"
+        assert main(["export", "--run", str(tmp_path / name), "--name", name, "--out", str(bundle)]) == 0
+        exported[name] = load_bundle(bundle).state_dict
+    # at a vanishing learning rate the further-trained network is still the bundle's; a fresh one is not
+    assert all(torch.allclose(exported["init"][k], start[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(exported["fresh"][k], start[k], atol=1e-2) for k in start)
+    assert load_bundle(tmp_path / "b-init").card.training["settings"]["init"] == str(tiny_bundle_dir)
+
+    assert main([*fit, "--run-dir", str(tmp_path / "wide"), "--widths", "8", "16", "--init", str(tiny_bundle_dir)]) == 1
+    assert "is not the one these settings train (widths [8, 16]" in capsys.readouterr().err
+    assert not (tmp_path / "wide" / "checkpoint.pt").exists()
+
+
 def test_configure_changes_inference_settings_and_records_them(tiny_bundle_dir, tmp_path):
     out = tmp_path / "configured"
     assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=5",

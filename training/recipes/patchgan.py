@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from MedicalAnomalyDetectionLib.bundle import load_bundle
+from MedicalAnomalyDetectionLib.errors import InputError
+from MedicalAnomalyDetectionLib.methods.common import load_module
 from MedicalAnomalyDetectionLib.methods.patchgan import LOG_VAR_RANGE, PatchGAN, PatchGANConfig, checkerboard_holes
 from MedicalAnomalyDetectionLib.methods.runtime import autocast_for
 from MedicalAnomalyDetectionLib.networks.patch_discriminator import PatchDiscriminator
@@ -35,6 +38,9 @@ class PatchGANSettings(FitSettings):
     recon_weight: float = option(0.2, "lambda of Eq. 4: weight of the L2 reconstruction term")
     adv_weight: float = option(0.05, "weight of R's adversarial term (the paper gives none)")
     uncertainty_weight: float = option(0.1, "weight of the log-variance head's Gaussian NLL")
+    init: str | None = option(None, "start the reconstructor from this Patch-GAN bundle's weights (a name or a "
+                                    "folder) instead of at random, to train a model further; the discriminator "
+                                    "starts afresh", metavar="BUNDLE")
 
     def network(self) -> PatchGANConfig:
         """The method's configuration these settings train (ranking patches of the hole's size)."""
@@ -83,10 +89,31 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
     return losses
 
 
-def patchgan_trainee(config: PatchGANConfig, settings: PatchGANSettings, device: torch.device) -> Trainee:
-    """Reconstructor and discriminator with their Adam optimisers, stepping with :func:`training_step`."""
+def initial_reconstructor(config: PatchGANConfig, settings: PatchGANSettings, data: SliceSet) -> Reconstructor:
+    """``settings.init``'s reconstructor, after checking that it is the network ``config`` trains and was trained on
+    slices prepared as ``data`` are; an InputError saying what differs."""
+    bundle = load_bundle(settings.init)
+    card = bundle.card
+    if card.method != PatchGAN.name:
+        raise InputError(f"--init {settings.init}: a {card.method} model, not a Patch-GAN")
+    theirs = PatchGAN.configure(card.hyperparameters)
+    if (tuple(theirs.widths), theirs.uncertainty) != (tuple(config.widths), config.uncertainty):
+        raise InputError(f"--init {settings.init}: its reconstructor (widths {list(theirs.widths)}, uncertainty "
+                         f"{theirs.uncertainty}) is not the one these settings train (widths {list(config.widths)}, "
+                         f"uncertainty {config.uncertainty}): give the same --widths and --uncertainty")
+    prepared = data.source.get("preprocessing")
+    if prepared is not None and prepared != card.preprocessing.to_dict():
+        raise InputError(f"--init {settings.init}: trained on slices prepared as {card.preprocessing.to_dict()}, "
+                         f"but these are prepared as {prepared}")
+    return load_module(Reconstructor(config.widths, config.uncertainty), bundle, "reconstructor")
+
+
+def patchgan_trainee(config: PatchGANConfig, settings: PatchGANSettings, device: torch.device,
+                     reconstructor: Reconstructor | None = None) -> Trainee:
+    """Reconstructor (``reconstructor``, or a new one) and discriminator with their Adam optimisers, stepping with
+    :func:`training_step`."""
     torch.manual_seed(settings.seed)
-    reconstructor = Reconstructor(config.widths, config.uncertainty).to(device)
+    reconstructor = (reconstructor or Reconstructor(config.widths, config.uncertainty)).to(device)
     discriminator = PatchDiscriminator(config.disc_widths).to(device)
 
     def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, opt_r: torch.optim.Optimizer,
@@ -104,4 +131,6 @@ class PatchGANRecipe(LoopRecipe):
 
     @classmethod
     def trainee(cls, settings: PatchGANSettings, data: SliceSet, device: torch.device) -> Trainee:
-        return patchgan_trainee(settings.network(), settings, device)
+        config = settings.network()
+        initial = initial_reconstructor(config, settings, data) if settings.init else None
+        return patchgan_trainee(config, settings, device, initial)
