@@ -113,7 +113,9 @@ def patchgan_trainee(config: PatchGANConfig, settings: PatchGANSettings, device:
     """Reconstructor (``reconstructor``, or a new one) and discriminator with their Adam optimisers, stepping with
     :func:`training_step`."""
     torch.manual_seed(settings.seed)
-    reconstructor = (reconstructor or Reconstructor(config.widths, config.uncertainty)).to(device)
+    if reconstructor is None:
+        reconstructor = Reconstructor(config.widths, config.uncertainty)
+    reconstructor = reconstructor.to(device)
     discriminator = PatchDiscriminator(config.disc_widths).to(device)
 
     def step(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, opt_r: torch.optim.Optimizer,
