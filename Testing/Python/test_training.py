@@ -151,6 +151,17 @@ def test_fit_init_trains_a_bundled_reconstructor_further(toy_dataset, tiny_bundl
     assert not (tmp_path / "wide" / "checkpoint.pt").exists()
 
 
+def test_fit_init_refuses_slices_of_another_modality(toy_dataset, tiny_bundle_dir, tmp_path, capsys):
+    for case in ("t0", "t1", "t2"):  # the same images, named and prepared as T1
+        (toy_dataset / case / "t1.nii.gz").write_bytes((toy_dataset / case / "flair.nii.gz").read_bytes())
+    cache = tmp_path / "t1.npz"
+    assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "t1", "--out", str(cache), *TINY]) == 0
+    assert main(["fit", "--data", str(cache), "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--widths", "4",
+                 "8", "--hole", "8", "--device", "cpu", "--init", str(tiny_bundle_dir)]) == 1
+    assert "a flair model, but these are t1 slices (toy train)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_configure_changes_inference_settings_and_records_them(tiny_bundle_dir, tmp_path):
     out = tmp_path / "configured"
     assert main(["configure", "--model", str(tiny_bundle_dir), "--set", "map_smoothing=5",

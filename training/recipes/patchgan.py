@@ -91,7 +91,7 @@ def training_step(x: torch.Tensor, mask: torch.Tensor, reconstructor: Reconstruc
 
 def initial_reconstructor(config: PatchGANConfig, settings: PatchGANSettings, data: SliceSet) -> Reconstructor:
     """``settings.init``'s reconstructor, after checking that it is the network ``config`` trains and was trained on
-    slices prepared as ``data`` are; an InputError saying what differs."""
+    slices of ``data``'s modality prepared as ``data`` are; an InputError saying what differs."""
     bundle = load_bundle(settings.init)
     card = bundle.card
     if card.method != PatchGAN.name:
@@ -101,6 +101,10 @@ def initial_reconstructor(config: PatchGANConfig, settings: PatchGANSettings, da
         raise InputError(f"--init {settings.init}: its reconstructor (widths {list(theirs.widths)}, uncertainty "
                          f"{theirs.uncertainty}) is not the one these settings train (widths {list(config.widths)}, "
                          f"uncertainty {config.uncertainty}): give the same --widths and --uncertainty")
+    modality = data.source.get("modality")
+    if modality is not None and modality != card.modality:
+        raise InputError(f"--init {settings.init}: a {card.modality} model, but these are {modality} slices "
+                         f"({data.source.get('dataset')} {data.source.get('split')})")
     prepared = data.source.get("preprocessing")
     if prepared is not None and prepared != card.preprocessing.to_dict():
         raise InputError(f"--init {settings.init}: trained on slices prepared as {card.preprocessing.to_dict()}, "
