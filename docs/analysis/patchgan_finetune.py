@@ -10,6 +10,9 @@ Run from the repository root (CACHE: ``python -m training prepare --dataset ../s
     python docs/analysis/patchgan_finetune.py fit CACHE transfer OUT_DIR/transfer EPOCHS
     python docs/analysis/patchgan_finetune.py fit CACHE plain OUT_DIR/plain EPOCHS
     python docs/analysis/patchgan_finetune.py validate bundle OUT_DIR/plain/weights.pt OUT_DIR/transfer/weights.pt
+Weights trained further by the product's own command (``python -m training fit --init patchgan-flair ...``, then
+``export``) are measured the same way, with their bundle's weights.pt, and their box smoothing swept:
+    python docs/analysis/patchgan_finetune.py sweep BUNDLE_DIR/weights.pt
 """
 
 import dataclasses
@@ -121,6 +124,22 @@ def validate() -> None:
                   + " |", flush=True)
 
 
+def sweep() -> None:
+    """The map's box smoothing, the one inference setting left to choose for other weights: one weights file's
+    learned map alone at box 3, 5, 7 and 9 px and with the intensity prior at 3, 5 and 7 px (4 hole shifts)."""
+    bundle = load_bundle(MODEL)
+    bundle = dataclasses.replace(bundle, state_dict=torch.load(sys.argv[2], map_location="cpu", weights_only=True))
+    print("| map | box | lgg_flair val | nichart_wmh val |\n|---|---|---|---|")
+    cache: dict = {}
+    for label, prior, boxes in (("learned map alone", 0.0, (3, 5, 7, 9)),
+                                ("with the intensity prior", bundle.card.hyperparameters["intensity_prior"], (3, 5, 7))):
+        for box in boxes:
+            variant = with_overrides(bundle, {"map_smoothing": box, "intensity_prior": prior})
+            method = build_method(variant, torch.device("cpu"))
+            print(f"| {label} | {box} px | " + " | ".join(_cell(method, variant, source, cache) for source in SOURCES)
+                  + " |", flush=True)
+
+
 def _cell(method, bundle, source: str, cache: dict) -> str:
     """"slice AUROC / voxel AUROC / ⌈Dice⌉" of ``method`` on ``source`` val."""
     summary = summarise(score_split(method, bundle, load_cases(DATA / source, "val", "flair"), cache=cache), None)
@@ -128,4 +147,4 @@ def _cell(method, bundle, source: str, cache: dict) -> str:
 
 
 if __name__ == "__main__":
-    {"fit": fit, "validate": validate}[sys.argv[1]]()
+    {"fit": fit, "validate": validate, "sweep": sweep}[sys.argv[1]]()
