@@ -158,7 +158,7 @@ def test_fit_init_refuses_slices_of_another_modality(toy_dataset, tiny_bundle_di
     assert main(["prepare", "--dataset", str(toy_dataset), "--modality", "t1", "--out", str(cache), *TINY]) == 0
     assert main(["fit", "--data", str(cache), "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--widths", "4",
                  "8", "--hole", "8", "--device", "cpu", "--init", str(tiny_bundle_dir)]) == 1
-    assert "a flair model, but these are t1 slices (toy train)" in capsys.readouterr().err
+    assert "a flair model, but these are t1 slices: toy train (3 cases" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 

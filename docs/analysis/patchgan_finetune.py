@@ -113,10 +113,7 @@ def validate() -> None:
     print("| – | intensity-flair (the bar) | " + " | ".join(
         _cell(build_method(bar, torch.device("cpu")), bar, source, cache) for source in SOURCES) + " |", flush=True)
     for weights in sys.argv[2:]:
-        bundle = load_bundle(MODEL)
-        if weights != "bundle":
-            bundle = dataclasses.replace(bundle, state_dict=torch.load(weights, map_location="cpu",
-                                                                         weights_only=True))
+        bundle = _with_weights(weights)
         for label, change in (("learned map alone", {"intensity_prior": 0.0}), ("with the intensity prior", {})):
             variant = with_overrides(bundle, change)
             method = build_method(variant, torch.device("cpu"))
@@ -127,8 +124,7 @@ def validate() -> None:
 def sweep() -> None:
     """The map's box smoothing, the one inference setting left to choose for other weights: one weights file's
     learned map alone at box 3, 5, 7 and 9 px and with the intensity prior at 3, 5 and 7 px (4 hole shifts)."""
-    bundle = load_bundle(MODEL)
-    bundle = dataclasses.replace(bundle, state_dict=torch.load(sys.argv[2], map_location="cpu", weights_only=True))
+    bundle = _with_weights(sys.argv[2])
     print("| map | box | lgg_flair val | nichart_wmh val |\n|---|---|---|---|")
     cache: dict = {}
     for label, prior, boxes in (("learned map alone", 0.0, (3, 5, 7, 9)),
@@ -138,6 +134,14 @@ def sweep() -> None:
             method = build_method(variant, torch.device("cpu"))
             print(f"| {label} | {box} px | " + " | ".join(_cell(method, variant, source, cache) for source in SOURCES)
                   + " |", flush=True)
+
+
+def _with_weights(weights: str):
+    """The bundled model with its card's settings and ``weights`` (a weights file, or "bundle": its own)."""
+    bundle = load_bundle(MODEL)
+    if weights == "bundle":
+        return bundle
+    return dataclasses.replace(bundle, state_dict=torch.load(weights, map_location="cpu", weights_only=True))
 
 
 def _cell(method, bundle, source: str, cache: dict) -> str:

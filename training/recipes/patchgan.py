@@ -103,8 +103,8 @@ def initial_reconstructor(config: PatchGANConfig, settings: PatchGANSettings, da
                          f"uncertainty {config.uncertainty}): give the same --widths and --uncertainty")
     modality = data.source.get("modality")
     if modality is not None and modality != card.modality:
-        raise InputError(f"--init {settings.init}: a {card.modality} model, but these are {modality} slices "
-                         f"({data.source.get('dataset')} {data.source.get('split')})")
+        raise InputError(f"--init {settings.init}: a {card.modality} model, but these are {modality} slices: "
+                         f"{data.describe()}")
     prepared = data.source.get("preprocessing")
     if prepared is not None and prepared != card.preprocessing.to_dict():
         raise InputError(f"--init {settings.init}: trained on slices prepared as {card.preprocessing.to_dict()}, "
